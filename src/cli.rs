@@ -1,0 +1,255 @@
+//! The command line (SPEC §1): run the proxy, `check` the config, or `gen-secret`.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config, StoreKind};
+use crate::secrets::{Env, ProcessEnv, Secrets};
+use crate::{server, telemetry};
+
+/// sessiongate: cookie-based, server-side sessions in front of any web application.
+#[derive(Debug, Parser)]
+#[command(name = "sessiongate", version, about)]
+struct Cli {
+    /// The config file.
+    #[arg(short, long, global = true, default_value = "proxy.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate the config and environment and print the resolved settings.
+    Check,
+    /// Print a fresh random secret for SESSION_SECRET.
+    GenSecret,
+}
+
+/// Runs the command line; returns the process exit code. Errors are printed as one line.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::GenSecret) => {
+            println!("{}", crate::secrets::generate());
+            ExitCode::SUCCESS
+        }
+        Some(Command::Check) => match load(&cli.config, &ProcessEnv) {
+            Ok((config, secrets)) => {
+                print!("{}", describe(&config, &secrets));
+                ExitCode::SUCCESS
+            }
+            Err(line) => fail(&line),
+        },
+        None => match load(&cli.config, &ProcessEnv) {
+            Ok((config, secrets)) => serve(&config, &secrets),
+            Err(line) => fail(&line),
+        },
+    }
+}
+
+fn fail(line: &str) -> ExitCode {
+    eprintln!("{line}");
+    ExitCode::FAILURE
+}
+
+/// Loads the config and the secrets, or the one line that says what is wrong.
+fn load(path: &std::path::Path, env: &dyn Env) -> Result<(Config, Secrets), String> {
+    let config = config::load(path).map_err(|e| e.to_string())?;
+    let secrets = Secrets::from_env(env).map_err(|e| e.to_string())?;
+    Ok((config, secrets))
+}
+
+fn serve(config: &Config, secrets: &Secrets) -> ExitCode {
+    let runtime = if config.server.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.server.threads)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+    runtime.block_on(async {
+        telemetry::init(config.log);
+        for warning in warnings(config, secrets) {
+            tracing::warn!("{warning}");
+        }
+        let running = match server::start(config, secrets).await {
+            Ok(r) => r,
+            Err(e) => return fail(&e.to_string()),
+        };
+        server::shutdown_signal().await;
+        tracing::info!("signal received");
+        running.shutdown().await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+/// Risky but legal settings, one sentence each.
+pub fn warnings(config: &Config, secrets: &Secrets) -> Vec<String> {
+    let mut w = Vec::new();
+    if !secrets.upstream_is_separate {
+        w.push("SESSION_UPSTREAM_SECRET is not set: the upstream token is signed with SESSION_SECRET, so the upstream holds the cookie key; set a separate secret".to_owned());
+    }
+    if !config.cookie.secure && !config.server.listen.ip().is_loopback() {
+        w.push(format!(
+            "cookie.secure = false while listening on {}: the session cookie can travel over plain HTTP",
+            config.server.listen
+        ));
+    }
+    if config
+        .server
+        .trusted_proxies
+        .iter()
+        .any(|c| c.to_string().ends_with("/0"))
+    {
+        w.push(
+            "server.trusted_proxies contains a /0 network: every client can forge X-Forwarded-*"
+                .to_owned(),
+        );
+    }
+    w
+}
+
+/// The resolved settings, as `check` prints them. Secrets appear only as their length.
+pub fn describe(config: &Config, secrets: &Secrets) -> String {
+    let mut out = String::new();
+    let s = &config.server;
+    let _ = writeln!(out, "config: {} (ok)", config.path.display());
+    let _ = writeln!(out, "[server]");
+    let _ = writeln!(out, "listen = {}", s.listen);
+    let _ = writeln!(
+        out,
+        "upstream = {}://{}",
+        s.upstream.scheme, s.upstream.authority
+    );
+    let _ = writeln!(out, "threads = {}", s.threads);
+    let _ = writeln!(
+        out,
+        "admin_listen = {}",
+        s.admin_listen
+            .map_or_else(|| "off".to_owned(), |a| a.to_string())
+    );
+    let _ = writeln!(
+        out,
+        "upstream_timeout_ms = {}",
+        s.upstream_timeout.as_millis()
+    );
+    let proxies: Vec<String> = s.trusted_proxies.iter().map(ToString::to_string).collect();
+    let _ = writeln!(out, "trusted_proxies = [{}]", proxies.join(", "));
+    let _ = writeln!(out, "underscores_in_headers = {}", s.underscores_in_headers);
+    let x = &config.session;
+    let _ = writeln!(out, "[session]");
+    let _ = writeln!(out, "cookie_name = {}", x.cookie_name);
+    let _ = writeln!(out, "ttl_sec = {}", x.ttl_sec);
+    let _ = writeln!(out, "absolute_ttl_sec = {}", x.absolute_ttl_sec);
+    let _ = writeln!(out, "cookie_refresh_sec = {}", x.cookie_refresh_sec);
+    let _ = writeln!(out, "namespace = {:?}", x.namespace);
+    let _ = writeln!(out, "max_bytes = {}", x.max_bytes);
+    let _ = writeln!(out, "regenerate_on_set = {}", x.regenerate_on_set);
+    let c = &config.cookie;
+    let _ = writeln!(out, "[cookie]");
+    let _ = writeln!(out, "http_only = {}", c.http_only);
+    let _ = writeln!(out, "secure = {}", c.secure);
+    let _ = writeln!(out, "same_site = {:?}", c.same_site);
+    let _ = writeln!(out, "path = {}", c.path);
+    let _ = writeln!(
+        out,
+        "domain = {}",
+        if c.domain.is_empty() {
+            "(host-only)"
+        } else {
+            &c.domain
+        }
+    );
+    let st = &config.store;
+    let _ = writeln!(out, "[store]");
+    match st.kind {
+        StoreKind::Memory => {
+            let _ = writeln!(out, "kind = memory");
+            let _ = writeln!(out, "max_sessions = {}", st.max_sessions);
+        }
+        StoreKind::Redis => {
+            let _ = writeln!(out, "kind = redis");
+            if st.cluster.is_empty() {
+                let _ = writeln!(out, "url = {}", mask_password(&st.url));
+            } else {
+                let seeds: Vec<String> = st.cluster.iter().map(|u| mask_password(u)).collect();
+                let _ = writeln!(out, "cluster = [{}]", seeds.join(", "));
+            }
+        }
+    }
+    let _ = writeln!(out, "timeout_ms = {}", st.timeout.as_millis());
+    let _ = writeln!(out, "on_error = {:?}", st.on_error);
+    let _ = writeln!(out, "require_on_start = {}", st.require_on_start);
+    let f = &config.forward;
+    let _ = writeln!(out, "[forward]");
+    let _ = writeln!(out, "header = {}", f.header);
+    let _ = writeln!(out, "token_ttl_sec = {}", f.token_ttl_sec);
+    for (h, field) in &f.headers {
+        let _ = writeln!(out, "headers.{h} = {field}");
+    }
+    let _ = writeln!(out, "[log]");
+    let _ = writeln!(out, "format = {:?}", config.log);
+    let _ = writeln!(out, "[secrets]");
+    let _ = writeln!(
+        out,
+        "SESSION_SECRET = set ({} bytes)",
+        secrets.session.len()
+    );
+    let _ = writeln!(
+        out,
+        "SESSION_SECRET_PREVIOUS = {} key(s)",
+        secrets.previous.len()
+    );
+    let _ = writeln!(
+        out,
+        "SESSION_UPSTREAM_SECRET = {}",
+        if secrets.upstream_is_separate {
+            format!("set ({} bytes)", secrets.upstream.len())
+        } else {
+            "unset (SESSION_SECRET is used)".to_owned()
+        }
+    );
+    for warning in warnings(config, secrets) {
+        let _ = writeln!(out, "warning: {warning}");
+    }
+    out
+}
+
+/// `redis://user:secret@host` -> `redis://user:***@host`.
+pub fn mask_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => format!("{scheme}://***@{host}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(mask_password("redis://u:p@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(mask_password("rediss://:p@h"), "rediss://:***@h");
+        assert_eq!(mask_password("redis://p@h"), "redis://***@h");
+        assert_eq!(mask_password("redis://h:6379"), "redis://h:6379");
+    }
+}

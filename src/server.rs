@@ -1,0 +1,227 @@
+//! Listeners and lifecycle: bind (with `SO_REUSEPORT`, so a new process can take over the
+//! address while the old one drains), serve connections with hyper's auto builder
+//! (HTTP/1.1 with upgrades, and h2c), and shut down gracefully within a bounded grace.
+//!
+//! [`start`] binds before it returns, so callers (and tests) know the address at once and
+//! never wait for the server to come up.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, StoreKind};
+use crate::proxy::Gate;
+use crate::secrets::Secrets;
+use crate::store::{MemoryStore, Store};
+
+/// How long in-flight requests may take to finish after a shutdown signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How long a client may take to send a request's headers (slowloris guard).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest request head accepted, in bytes; larger ones get 431.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The address could not be bound.
+    #[error(
+        "cannot listen on {addr} ({key}): {source}; stop the other process or choose another address"
+    )]
+    Bind {
+        /// The setting.
+        key: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configured store kind is not available in this build.
+    #[error("store.kind = \"redis\" is not supported by this build; use \"memory\"")]
+    StoreUnsupported,
+}
+
+/// A running proxy.
+#[derive(Debug)]
+pub struct Running {
+    /// The address the proxy serves.
+    pub addr: SocketAddr,
+    gate: Arc<Gate>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// The gate, for inspecting its store in tests.
+    pub fn gate(&self) -> &Arc<Gate> {
+        &self.gate
+    }
+
+    /// Stops accepting, lets in-flight requests finish (within the grace), and waits.
+    ///
+    /// # Panics
+    /// Re-raises a panic from the server task, so tests see it.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Err(e) = self.task.await {
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+    }
+}
+
+/// Binds a TCP listener with `SO_REUSEADDR` and `SO_REUSEPORT`.
+///
+/// # Errors
+/// When the address cannot be bound.
+pub fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, StartError> {
+    let err = |source| StartError::Bind { key, addr, source };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.set_reuseport(true).map_err(err)?;
+    socket.set_nodelay(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(1024).map_err(err)
+}
+
+/// Builds the store the config asks for.
+///
+/// # Errors
+/// When the store kind is not available.
+pub fn build_store(config: &Config) -> Result<Store, StartError> {
+    match config.store.kind {
+        StoreKind::Memory => Ok(Store::Memory(MemoryStore::new(config.store.max_sessions))),
+        StoreKind::Redis => Err(StartError::StoreUnsupported),
+    }
+}
+
+/// Binds `server.listen` and serves in a background task.
+///
+/// # Errors
+/// When binding fails or the store cannot be built.
+pub async fn start(config: &Config, secrets: &Secrets) -> Result<Running, StartError> {
+    let store = build_store(config)?;
+    let listener = bind(config.server.listen, "server.listen")?;
+    Ok(start_on(listener, config, secrets, store))
+}
+
+/// Serves on an already bound `listener` with `store`, in a background task.
+pub fn start_on(
+    listener: TcpListener,
+    config: &Config,
+    secrets: &Secrets,
+    store: Store,
+) -> Running {
+    let addr = listener
+        .local_addr()
+        .expect("a bound listener has an address");
+    let gate = Arc::new(Gate::new(config, secrets, store));
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(serve(listener, gate.clone(), async {
+        let _ = rx.await;
+    }));
+    info!(%addr, upstream = %config.server.upstream.authority, "sessiongate listening");
+    Running {
+        addr,
+        gate,
+        shutdown: Some(tx),
+        task,
+    }
+}
+
+/// Accepts connections until `shutdown` completes, then drains them within [`SHUTDOWN_GRACE`].
+pub async fn serve(listener: TcpListener, gate: Arc<Gate>, shutdown: impl Future<Output = ()>) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEAD_BYTES as u32);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let gate = gate.clone();
+        let svc = service_fn(move |req| {
+            let gate = gate.clone();
+            async move { gate.handle(req, peer).await }
+        });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    info!(
+        in_flight = graceful.count(),
+        "shutting down: draining connections"
+    );
+    tokio::select! {
+        () = graceful.shutdown() => info!("all connections closed"),
+        () = tokio::time::sleep(SHUTDOWN_GRACE) => warn!("shutdown grace over; closing remaining connections"),
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the proxy");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

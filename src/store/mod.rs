@@ -1,0 +1,154 @@
+//! Session stores (SPEC §7): the [`SessionStore`] contract and the [`Store`] the proxy uses.
+//!
+//! # The contract
+//!
+//! Every store, in memory or remote, behaves the same way; `tests/store_conformance.rs`
+//! runs one suite against each.
+//!
+//! - Keys are session IDs. An entry is a [`Record`] and has an expiry.
+//! - [`load`](SessionStore::load) returns `Ok(None)` for an ID that is missing, expired,
+//!   evicted or deleted, and otherwise returns the record *and* moves its expiry to
+//!   `ttl` from now (the sliding idle timeout) in the same operation.
+//! - [`create`](SessionStore::create) writes only when the ID is absent (`SET NX`) and
+//!   says whether it did; a collision is never an overwrite.
+//! - [`replace`](SessionStore::replace) writes only when the entry still holds exactly
+//!   `expected` (compare-and-set). It never recreates a deleted entry, so a session
+//!   destroyed by one request is never brought back by another that was in flight.
+//! - [`delete`](SessionStore::delete) is idempotent.
+//! - `Err` means the store could not answer; it never means "no such session".
+//! - When a call returns `Ok`, the change is visible to every later call (read your writes).
+//!
+//! ```
+//! use std::time::Duration;
+//! use sessiongate::session::{Record, SessionId};
+//! use sessiongate::store::{Cas, MemoryStore, SessionStore};
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let store = MemoryStore::new(100);
+//! let id = SessionId::random();
+//! let rec = Record::new("{}".into(), 0);
+//! let ttl = Duration::from_secs(60);
+//! assert!(store.create(&id, &rec, ttl).await.unwrap());
+//! let next = Record::new(r#"{"a":1}"#.into(), 0);
+//! assert_eq!(store.replace(&id, &rec, &next, ttl).await.unwrap(), Cas::Applied);
+//! store.delete(&id).await.unwrap();
+//! assert_eq!(store.replace(&id, &next, &rec, ttl).await.unwrap(), Cas::Gone);
+//! assert!(store.load(&id, ttl).await.unwrap().is_none());
+//! # });
+//! ```
+
+mod memory;
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use memory::MemoryStore;
+
+use crate::session::{CorruptRecord, Record, SessionId};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The operation did not finish within `store.timeout_ms`.
+    #[error("store operation timed out after {0:?}")]
+    Timeout(Duration),
+    /// The store could not be reached or refused the command.
+    #[error("store unavailable: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The stored value could not be read.
+    #[error(transparent)]
+    Corrupt(#[from] CorruptRecord),
+}
+
+/// The outcome of a compare-and-set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cas {
+    /// The entry held `expected` and now holds the new record.
+    Applied,
+    /// The entry holds something else (returned); nothing was written.
+    Changed(Record),
+    /// The entry no longer exists; nothing was written.
+    Gone,
+}
+
+/// The store contract; see the [module docs](self).
+pub trait SessionStore: Send + Sync + 'static {
+    /// The record for `id`, sliding its expiry to `ttl` from now; `None` when absent.
+    fn load(
+        &self,
+        id: &SessionId,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send;
+
+    /// Writes `rec` under `id` only if `id` is absent. `Ok(false)` on a collision.
+    fn create(
+        &self,
+        id: &SessionId,
+        rec: &Record,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Writes `new` only while the entry holds `expected`; never recreates a deleted entry.
+    fn replace(
+        &self,
+        id: &SessionId,
+        expected: &Record,
+        new: &Record,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Cas, StoreError>> + Send;
+
+    /// Removes the entry, if any.
+    fn delete(&self, id: &SessionId) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Succeeds when the store answers (for `/readyz` and `require_on_start`).
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// The configured store.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// In-process bounded LRU.
+    Memory(MemoryStore),
+}
+
+impl SessionStore for Store {
+    async fn load(&self, id: &SessionId, ttl: Duration) -> Result<Option<Record>, StoreError> {
+        match self {
+            Store::Memory(s) => s.load(id, ttl).await,
+        }
+    }
+
+    async fn create(
+        &self,
+        id: &SessionId,
+        rec: &Record,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Memory(s) => s.create(id, rec, ttl).await,
+        }
+    }
+
+    async fn replace(
+        &self,
+        id: &SessionId,
+        expected: &Record,
+        new: &Record,
+        ttl: Duration,
+    ) -> Result<Cas, StoreError> {
+        match self {
+            Store::Memory(s) => s.replace(id, expected, new, ttl).await,
+        }
+    }
+
+    async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(s) => s.delete(id).await,
+        }
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(s) => s.ping().await,
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The `X-Session` token sent to the upstream (SPEC §5): a compact JWS (JWT) signed HS256
+//! with `SESSION_UPSTREAM_SECRET`, and the plain `[forward.headers]` values.
+//!
+//! The JOSE header never changes, so its encoding is a constant; the session data is
+//! spliced into the claims as the JSON text the store holds, without re-parsing it.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use http::HeaderValue;
+use serde_json::Value;
+use sha2::Sha256;
+
+use crate::secrets::Secret;
+use crate::session::SessionId;
+
+/// base64url of `{"alg":"HS256","typ":"JWT"}`.
+const JOSE_HEADER_B64: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9";
+
+/// The token's `iss` claim.
+pub const ISSUER: &str = "sessiongate";
+
+/// Mints upstream tokens. The keyed HMAC state is built once.
+#[derive(Clone)]
+pub struct TokenSigner {
+    mac: Hmac<Sha256>,
+    ttl_sec: u64,
+}
+
+impl TokenSigner {
+    /// A signer with `key` whose tokens live `ttl_sec` seconds.
+    pub fn new(key: &Secret, ttl_sec: u64) -> Self {
+        Self {
+            mac: Hmac::new_from_slice(key.expose()).expect("HMAC accepts keys of any length"),
+            ttl_sec,
+        }
+    }
+
+    /// The token for session `id` with `data` (a JSON object's text), issued at `now`.
+    pub fn mint(&self, id: &SessionId, data: &str, now: u64) -> HeaderValue {
+        let id = id.encode();
+        let mut claims = String::with_capacity(data.len() + 128);
+        claims.push_str(r#"{"iss":""#);
+        claims.push_str(ISSUER);
+        claims.push_str(r#"","sid":""#);
+        claims.push_str(id.as_str());
+        claims.push_str(r#"","data":"#);
+        claims.push_str(data);
+        claims.push_str(r#","iat":"#);
+        claims.push_str(itoa::Buffer::new().format(now));
+        claims.push_str(r#","exp":"#);
+        claims.push_str(itoa::Buffer::new().format(now.saturating_add(self.ttl_sec)));
+        claims.push('}');
+
+        let mut token = String::with_capacity(JOSE_HEADER_B64.len() + claims.len() * 4 / 3 + 48);
+        token.push_str(JOSE_HEADER_B64);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(claims.as_bytes(), &mut token);
+        let mut mac = self.mac.clone();
+        mac.update(token.as_bytes());
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(mac.finalize().into_bytes(), &mut token);
+
+        let mut value =
+            HeaderValue::try_from(token).expect("base64url text is a valid header value");
+        value.set_sensitive(true);
+        value
+    }
+}
+
+/// The header value for a `[forward.headers]` field: strings as they are, numbers and
+/// booleans as text, other values as JSON. `None` when the field is missing or `null`, or
+/// when the text cannot be a header value (control characters).
+pub fn field_value(data: &Value, field: &str) -> Option<HeaderValue> {
+    let v = data.get(field)?;
+    let text = match v {
+        Value::Null => return None,
+        Value::String(s) => s.clone(),
+        Value::Bool(_) | Value::Number(_) | Value::Array(_) | Value::Object(_) => v.to_string(),
+    };
+    let mut value = HeaderValue::try_from(text).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn jose_header_constant_is_the_spec_header() {
+        assert_eq!(
+            URL_SAFE_NO_PAD.decode(JOSE_HEADER_B64).unwrap(),
+            br#"{"alg":"HS256","typ":"JWT"}"#
+        );
+    }
+
+    /// Known answer, computed independently with Python's `hmac` and `base64` modules.
+    #[test]
+    fn known_answer_token() {
+        let key = Secret::new(b"0123456789abcdef0123456789abcdef".to_vec());
+        let id: SessionId = "A".repeat(43).parse().unwrap();
+        let token = TokenSigner::new(&key, 60).mint(&id, r#"{"userId":1}"#, 1_700_000_000);
+        assert_eq!(token.to_str().unwrap(), KNOWN_TOKEN);
+        assert!(token.is_sensitive());
+    }
+
+    const KNOWN_TOKEN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJzZXNzaW9uZ2F0ZSIsInNpZCI6IkFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUEiLCJkYXRhIjp7InVzZXJJZCI6MX0sImlhdCI6MTcwMDAwMDAwMCwiZXhwIjoxNzAwMDAwMDYwfQ.OOwWwM8OsCzExX741WY6oUQs_7i07EAYJfE6Y0y9KJw";
+
+    #[test]
+    fn claims_decode_to_the_spec_shape() {
+        let key = Secret::new(vec![7; 32]);
+        let id = SessionId::random();
+        let token = TokenSigner::new(&key, 60).mint(&id, r#"{"a":"é"}"#, 100);
+        let parts: Vec<&str> = token.to_str().unwrap().split('.').collect();
+        assert_eq!(parts.len(), 3);
+        let claims: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+        assert_eq!(
+            claims,
+            json!({"iss":"sessiongate","sid":id.encode().as_str(),"data":{"a":"é"},"iat":100,"exp":160})
+        );
+    }
+
+    #[test]
+    fn field_values_render_per_type() {
+        let data = json!({"s":"alice","n":42,"b":true,"o":{"x":1},"a":[1],"nul":null,"bad":"a\nb"});
+        let get = |f: &str| field_value(&data, f).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(get("s").as_deref(), Some("alice"));
+        assert_eq!(get("n").as_deref(), Some("42"));
+        assert_eq!(get("b").as_deref(), Some("true"));
+        assert_eq!(get("o").as_deref(), Some(r#"{"x":1}"#));
+        assert_eq!(get("a").as_deref(), Some("[1]"));
+        assert_eq!(get("nul"), None);
+        assert_eq!(get("missing"), None);
+        assert_eq!(get("bad"), None);
+    }
+}
