@@ -107,7 +107,7 @@ pub fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, StartErr
 ///
 /// # Errors
 /// When the store kind is not available.
-pub fn build_store(config: &Config) -> Result<Store, StartError> {
+pub async fn build_store(config: &Config) -> Result<Store, StartError> {
     match config.store.kind {
         StoreKind::Memory => Ok(Store::Memory(MemoryStore::new(config.store.max_sessions))),
         StoreKind::Redis => Err(StartError::StoreUnsupported),
@@ -119,7 +119,7 @@ pub fn build_store(config: &Config) -> Result<Store, StartError> {
 /// # Errors
 /// When binding fails or the store cannot be built.
 pub async fn start(config: &Config, secrets: &Secrets) -> Result<Running, StartError> {
-    let store = build_store(config)?;
+    let store = build_store(config).await?;
     let listener = bind(config.server.listen, "server.listen")?;
     Ok(start_on(listener, config, secrets, store))
 }
