@@ -13,6 +13,9 @@ pub enum GateError {
     /// The upstream could not be reached or broke the exchange.
     #[error("upstream request failed: {0}")]
     Upstream(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The client's request body broke off or was malformed while being forwarded.
+    #[error("client request body failed: {0}")]
+    ClientBody(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The upstream did not send response headers within `server.upstream_timeout_ms`.
     #[error("upstream did not answer within {0:?}")]
     UpstreamTimeout(std::time::Duration),
@@ -28,6 +31,7 @@ impl GateError {
     /// The status the client sees.
     pub fn status(&self) -> StatusCode {
         match self {
+            GateError::ClientBody(_) => StatusCode::BAD_REQUEST,
             GateError::Upstream(_) | GateError::BadDirective(_) => StatusCode::BAD_GATEWAY,
             GateError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GateError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -37,6 +41,7 @@ impl GateError {
     /// The one-line body the client sees; never carries detail from inside.
     pub fn public_message(&self) -> &'static str {
         match self {
+            GateError::ClientBody(_) => "bad request: malformed request body\n",
             GateError::Upstream(_) => "bad gateway: upstream unreachable\n",
             GateError::UpstreamTimeout(_) => "gateway timeout: upstream did not answer in time\n",
             GateError::BadDirective(_) => "bad gateway: invalid session header from upstream\n",

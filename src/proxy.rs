@@ -233,6 +233,9 @@ impl Gate {
                 .await
             {
                 Err(_) => return Err(GateError::UpstreamTimeout(self.upstream_timeout)),
+                Ok(Err(e)) if is_client_body_error(&e) => {
+                    return Err(GateError::ClientBody(Box::new(e)));
+                }
                 Ok(Err(e)) => return Err(GateError::Upstream(Box::new(e))),
                 Ok(Ok(res)) => res,
             };
@@ -649,6 +652,19 @@ impl Gate {
 /// corrupt value (impossible short of a foreign writer) reads as empty.
 fn parse_data(data: &str) -> Map<String, Value> {
     serde_json::from_str(data).unwrap_or_default()
+}
+
+/// True when forwarding failed because the client's body failed (hyper reports a body
+/// stream error while writing the request as a "user body" error), not the upstream.
+fn is_client_body_error(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            return h.is_user();
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// True when the request asks to switch protocols (`Connection: upgrade` + `Upgrade`).
