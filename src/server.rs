@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 use crate::config::{Config, StoreKind};
 use crate::proxy::Gate;
 use crate::secrets::Secrets;
-use crate::store::{MemoryStore, Store};
+use crate::store::{MemoryStore, RedisStore, SessionStore, Store, StoreError};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -47,9 +47,30 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    /// The configured store kind is not available in this build.
-    #[error("store.kind = \"redis\" is not supported by this build; use \"memory\"")]
-    StoreUnsupported,
+    /// A Redis URL in the config cannot be used.
+    #[error("{key} = {target}: {source}; fix {key} (redis://[user:password@]host[:port][/db])")]
+    StoreInvalid {
+        /// The setting: `store.url` or `store.cluster`.
+        key: &'static str,
+        /// Its value, passwords masked.
+        target: String,
+        /// Why.
+        #[source]
+        source: StoreError,
+    },
+    /// `store.require_on_start = true` and the store did not answer.
+    #[error(
+        "{key} = {target} is unreachable: {source}; start Redis or fix {key}, or set store.require_on_start = false to start without it"
+    )]
+    StoreUnreachable {
+        /// The setting: `store.url` or `store.cluster`.
+        key: &'static str,
+        /// Its value, passwords masked.
+        target: String,
+        /// Why.
+        #[source]
+        source: StoreError,
+    },
 }
 
 /// A running proxy.
@@ -103,14 +124,42 @@ pub fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, StartErr
     socket.listen(1024).map_err(err)
 }
 
-/// Builds the store the config asks for.
+/// Builds the store the config asks for. A Redis store connects on first use, so the
+/// proxy starts while Redis is down, unless `store.require_on_start` asks to ping it first.
 ///
 /// # Errors
-/// When the store kind is not available.
+/// When a Redis URL cannot be used, or `store.require_on_start = true` and Redis does not
+/// answer within `store.timeout_ms`.
 pub async fn build_store(config: &Config) -> Result<Store, StartError> {
-    match config.store.kind {
-        StoreKind::Memory => Ok(Store::Memory(MemoryStore::new(config.store.max_sessions))),
-        StoreKind::Redis => Err(StartError::StoreUnsupported),
+    let st = &config.store;
+    match st.kind {
+        StoreKind::Memory => Ok(Store::Memory(MemoryStore::new(st.max_sessions))),
+        StoreKind::Redis => {
+            let key = if st.cluster.is_empty() {
+                "store.url"
+            } else {
+                "store.cluster"
+            };
+            let store = RedisStore::open(st, &config.session.namespace).map_err(|source| {
+                StartError::StoreInvalid {
+                    key,
+                    target: RedisStore::describe(st),
+                    source,
+                }
+            })?;
+            if st.require_on_start {
+                store
+                    .ping()
+                    .await
+                    .map_err(|source| StartError::StoreUnreachable {
+                        key,
+                        target: store.target().to_owned(),
+                        source,
+                    })?;
+                info!(store = store.target(), "session store answers");
+            }
+            Ok(Store::Redis(store))
+        }
     }
 }
 

@@ -37,10 +37,12 @@
 //! ```
 
 mod memory;
+mod redis;
 
 use std::future::Future;
 use std::time::Duration;
 
+pub use self::redis::RedisStore;
 pub use memory::MemoryStore;
 
 use crate::session::{CorruptRecord, Record, SessionId};
@@ -108,12 +110,15 @@ pub trait SessionStore: Send + Sync + 'static {
 pub enum Store {
     /// In-process bounded LRU.
     Memory(MemoryStore),
+    /// Redis or Redis Cluster.
+    Redis(RedisStore),
 }
 
 impl SessionStore for Store {
     async fn load(&self, id: &SessionId, ttl: Duration) -> Result<Option<Record>, StoreError> {
         match self {
             Store::Memory(s) => s.load(id, ttl).await,
+            Store::Redis(s) => s.load(id, ttl).await,
         }
     }
 
@@ -125,6 +130,7 @@ impl SessionStore for Store {
     ) -> Result<bool, StoreError> {
         match self {
             Store::Memory(s) => s.create(id, rec, ttl).await,
+            Store::Redis(s) => s.create(id, rec, ttl).await,
         }
     }
 
@@ -137,18 +143,21 @@ impl SessionStore for Store {
     ) -> Result<Cas, StoreError> {
         match self {
             Store::Memory(s) => s.replace(id, expected, new, ttl).await,
+            Store::Redis(s) => s.replace(id, expected, new, ttl).await,
         }
     }
 
     async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
         match self {
             Store::Memory(s) => s.delete(id).await,
+            Store::Redis(s) => s.delete(id).await,
         }
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
         match self {
             Store::Memory(s) => s.ping().await,
+            Store::Redis(s) => s.ping().await,
         }
     }
 }

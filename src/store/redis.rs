@@ -1,0 +1,497 @@
+//! The Redis store (SPEC §7): one Redis server (`store.url`) or a Redis Cluster
+//! (`store.cluster`), shared by any number of proxy instances and surviving their restarts.
+//!
+//! # Keys and values
+//!
+//! The key is `session.namespace` followed by the 43-character ID text, e.g.
+//! `session:3q2-…`; the value is [`Record::to_json`], which carries a format version.
+//! Every write sets an expiry of `ttl` in whole seconds (rounded up, at least 1).
+//!
+//! # One round trip per operation
+//!
+//! | operation | command |
+//! |---|---|
+//! | [`load`](SessionStore::load) | `GETEX key EX ttl` (Redis 6.2 or later) |
+//! | [`create`](SessionStore::create) | `SET key value NX EX ttl` |
+//! | [`replace`](SessionStore::replace) | `EVALSHA` of a compare-and-set script: `GET`; nil -> gone, different -> changed, else `SET key new EX ttl` |
+//! | [`delete`](SessionStore::delete) | `DEL key` |
+//! | [`ping`](SessionStore::ping) | `PING` (every primary, for a cluster) |
+//!
+//! The script never writes a key that is absent, so an entry destroyed by one request is
+//! never brought back by another that was in flight.
+//!
+//! # Connections and failures
+//!
+//! No connection is made until the first operation, so the proxy starts while Redis is
+//! down (unless `store.require_on_start`, which pings first). A failed connection attempt
+//! is simply made again by a later operation. Once connected, a single server is served by
+//! redis' `ConnectionManager`, which reconnects by itself after Redis restarts; a cluster
+//! by `cluster_async::ClusterConnection`, which follows `MOVED`/`ASK` redirects and
+//! always sends to primaries (reads from replicas stay off).
+//!
+//! Every operation, connecting included, is bounded by `store.timeout_ms`
+//! ([`StoreError::Timeout`]); Redis errors are [`StoreError::Unavailable`] with the
+//! redis error as the source; a value that is not a record is [`StoreError::Corrupt`].
+//! An operation that timed out may still be applied by Redis later (it was sent); the
+//! caller treats it as failed, so nothing it acknowledged is lost.
+//!
+//! Passwords in the URLs never appear in `Debug` output or errors: the store only keeps
+//! a masked copy of its URLs for display.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, RedisError, RedisFuture, Value};
+use tokio::sync::OnceCell;
+
+use super::{Cas, SessionStore, StoreError};
+use crate::cli::mask_password;
+use crate::config::StoreSettings;
+use crate::session::{CorruptRecord, ID_TEXT_LEN, Record, SessionId};
+
+/// Compare-and-set: `KEYS[1]` = key, `ARGV` = expected JSON, new JSON, TTL seconds.
+/// Returns 0 when the key is absent, the current value when it differs, 1 when written.
+const CAS_SCRIPT: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if not cur then
+  return 0
+end
+if cur ~= ARGV[1] then
+  return cur
+end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+";
+
+/// Reconnection attempts per reconnect (after the first), for a single server.
+const RECONNECT_RETRIES: usize = 2;
+/// Smallest pause between reconnection attempts.
+const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(50);
+/// Largest pause between reconnection attempts (also capped by `store.timeout_ms`).
+const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
+/// Retries of one cluster request (redirects, a node being reconnected).
+const CLUSTER_RETRIES: u32 = 3;
+/// Smallest pause between cluster retries, in milliseconds.
+const CLUSTER_MIN_RETRY_WAIT_MS: u64 = 10;
+
+/// The Redis (or Redis Cluster) store. Cloning shares the same connection.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    target: Target,
+    conn: OnceCell<Conn>,
+    namespace: Box<str>,
+    timeout: Duration,
+    /// The URL(s) with any password masked: the only form ever displayed.
+    shown: String,
+    cas: redis::Script,
+}
+
+enum Target {
+    Single(redis::Client, ConnectionManagerConfig),
+    Cluster(redis::cluster::ClusterClient),
+}
+
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.inner.target {
+            Target::Single(..) => "single",
+            Target::Cluster(_) => "cluster",
+        };
+        f.debug_struct("RedisStore")
+            .field("kind", &kind)
+            .field("target", &self.inner.shown)
+            .field("namespace", &self.inner.namespace)
+            .field("timeout", &self.inner.timeout)
+            .field("connected", &self.inner.conn.initialized())
+            .finish()
+    }
+}
+
+impl RedisStore {
+    /// A store for `settings.url`, or for the Redis Cluster seeded by `settings.cluster`
+    /// when that is not empty, with keys prefixed by `namespace`. Connects lazily: this
+    /// checks the URLs but does not contact Redis (see [`SessionStore::ping`]).
+    ///
+    /// # Errors
+    /// When a URL cannot be used (the message never contains a password).
+    pub fn open(settings: &StoreSettings, namespace: &str) -> Result<Self, StoreError> {
+        let timeout = settings.timeout;
+        let urls: Vec<&str> = if settings.cluster.is_empty() {
+            vec![settings.url.as_str()]
+        } else {
+            settings.cluster.iter().map(String::as_str).collect()
+        };
+        if urls.iter().any(|u| u.starts_with("rediss://")) {
+            // redis' rustls needs a process-wide crypto provider; use ring (no C toolchain
+            // beyond cc, no cmake). Err means one is installed already, which is fine.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let target = if settings.cluster.is_empty() {
+            let client = redis::Client::open(settings.url.as_str()).map_err(unavailable)?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(RECONNECT_RETRIES)
+                .set_min_delay(RECONNECT_MIN_DELAY)
+                .set_max_delay(RECONNECT_MAX_DELAY.min(timeout).max(RECONNECT_MIN_DELAY));
+            Target::Single(client, config)
+        } else {
+            let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+            // Reads from replicas stay off (the default), so every command goes to the
+            // primary that owns the slot.
+            let client = ClusterClientBuilder::new(settings.cluster.iter().map(String::as_str))
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .retries(CLUSTER_RETRIES)
+                .min_retry_wait(CLUSTER_MIN_RETRY_WAIT_MS)
+                .max_retry_wait(timeout_ms.max(CLUSTER_MIN_RETRY_WAIT_MS + 1))
+                .build()
+                .map_err(unavailable)?;
+            Target::Cluster(client)
+        };
+        let shown = Self::describe(settings);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                target,
+                conn: OnceCell::new(),
+                namespace: namespace.into(),
+                timeout,
+                shown,
+                cas: redis::Script::new(CAS_SCRIPT),
+            }),
+        })
+    }
+
+    /// `store.url`, or `store.cluster` as a list, with passwords masked: the form that
+    /// messages and logs may show.
+    pub fn describe(settings: &StoreSettings) -> String {
+        if settings.cluster.is_empty() {
+            mask_password(&settings.url)
+        } else {
+            let seeds: Vec<String> = settings.cluster.iter().map(|u| mask_password(u)).collect();
+            format!("[{}]", seeds.join(", "))
+        }
+    }
+
+    /// The configured URL(s), passwords masked, for messages.
+    pub fn target(&self) -> &str {
+        &self.inner.shown
+    }
+
+    /// True when this store talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.inner.target, Target::Cluster(_))
+    }
+
+    /// The Redis key of `id`: the namespace followed by the ID text.
+    pub fn key(&self, id: &SessionId) -> String {
+        let mut key = String::with_capacity(self.inner.namespace.len() + ID_TEXT_LEN);
+        key.push_str(&self.inner.namespace);
+        key.push_str(id.encode().as_str());
+        key
+    }
+
+    /// The connection, made on first use; a failed attempt is retried by the next call.
+    async fn conn(&self) -> Result<Conn, RedisError> {
+        self.inner
+            .conn
+            .get_or_try_init(|| async {
+                match &self.inner.target {
+                    Target::Single(client, config) => {
+                        ConnectionManager::new_with_config(client.clone(), config.clone())
+                            .await
+                            .map(Conn::Single)
+                    }
+                    Target::Cluster(client) => {
+                        client.get_async_connection().await.map(Conn::Cluster)
+                    }
+                }
+            })
+            .await
+            .cloned()
+    }
+
+    /// Runs `op` on the connection within `store.timeout_ms`.
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let timeout = self.inner.timeout;
+        tokio::time::timeout(timeout, async {
+            let conn = self.conn().await.map_err(unavailable)?;
+            op(conn).await
+        })
+        .await
+        .map_err(|_| StoreError::Timeout(timeout))?
+    }
+}
+
+/// A redis error as a store error, keeping it as the source.
+fn unavailable(e: RedisError) -> StoreError {
+    StoreError::Unavailable(Box::new(e))
+}
+
+/// Whole seconds for `EX`: rounded up, so an entry never expires early, and at least 1.
+fn ttl_secs(ttl: Duration) -> u64 {
+    let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+/// Parses a stored value; bytes that are not UTF-8 are corrupt too.
+fn parse(bytes: &[u8]) -> Result<Record, CorruptRecord> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Record::from_json(text),
+        Err(_) => Err(CorruptRecord::Json(serde::de::Error::custom(
+            "stored session is not UTF-8",
+        ))),
+    }
+}
+
+/// An answer the command never gives, as a store error.
+fn unexpected(what: &'static str, v: &Value) -> StoreError {
+    let kind = match v {
+        Value::Nil => "nil",
+        Value::Int(_) => "an integer",
+        Value::BulkString(_) => "a bulk string",
+        Value::Array(_) => "an array",
+        Value::SimpleString(_) => "a simple string",
+        Value::Okay => "OK",
+        _ => "another type",
+    };
+    StoreError::Unavailable(format!("unexpected reply to {what}: {kind}").into())
+}
+
+impl SessionStore for RedisStore {
+    async fn load(&self, id: &SessionId, ttl: Duration) -> Result<Option<Record>, StoreError> {
+        let mut cmd = redis::cmd("GETEX");
+        cmd.arg(self.key(id)).arg("EX").arg(ttl_secs(ttl));
+        self.run(|mut conn| async move {
+            let value: Option<Vec<u8>> = cmd.query_async(&mut conn).await.map_err(unavailable)?;
+            match value {
+                Some(bytes) => Ok(Some(parse(&bytes)?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn create(
+        &self,
+        id: &SessionId,
+        rec: &Record,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.key(id))
+            .arg(rec.to_json())
+            .arg("NX")
+            .arg("EX")
+            .arg(ttl_secs(ttl));
+        self.run(|mut conn| async move {
+            let value: Value = cmd.query_async(&mut conn).await.map_err(unavailable)?;
+            match value {
+                Value::Okay => Ok(true),
+                Value::SimpleString(ref s) if s == "OK" => Ok(true),
+                Value::Nil => Ok(false),
+                other => Err(unexpected("SET NX", &other)),
+            }
+        })
+        .await
+    }
+
+    async fn replace(
+        &self,
+        id: &SessionId,
+        expected: &Record,
+        new: &Record,
+        ttl: Duration,
+    ) -> Result<Cas, StoreError> {
+        let key = self.key(id);
+        let new_json = new.to_json();
+        let secs = ttl_secs(ttl);
+        let script = &self.inner.cas;
+        let mut expected_json = expected.to_json();
+        self.run(|mut conn| async move {
+            // A second round only when the stored text differs from ours but reads as the
+            // same record (written by another version, or by hand): it then compares
+            // against that exact text.
+            let mut retried = false;
+            loop {
+                let value: Value = script
+                    .key(&key)
+                    .arg(&expected_json)
+                    .arg(&new_json)
+                    .arg(secs)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                let current = match value {
+                    Value::Int(0) => return Ok(Cas::Gone),
+                    Value::Int(1) => return Ok(Cas::Applied),
+                    Value::BulkString(bytes) => bytes,
+                    other => return Err(unexpected("the compare-and-set script", &other)),
+                };
+                let rec = parse(&current)?;
+                if retried || rec != *expected {
+                    return Ok(Cas::Changed(rec));
+                }
+                match String::from_utf8(current) {
+                    Ok(text) => expected_json = text,
+                    Err(_) => return Ok(Cas::Changed(rec)),
+                }
+                retried = true;
+            }
+        })
+        .await
+    }
+
+    async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(self.key(id));
+        self.run(|mut conn| async move {
+            let _removed: i64 = cmd.query_async(&mut conn).await.map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.run(|mut conn| async move {
+            let _pong: String = redis::cmd("PING")
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{OnError, StoreKind};
+
+    fn settings(url: &str, cluster: &[&str]) -> StoreSettings {
+        StoreSettings {
+            kind: StoreKind::Redis,
+            max_sessions: 1,
+            url: url.into(),
+            cluster: cluster.iter().map(|s| (*s).to_owned()).collect(),
+            timeout: Duration::from_millis(300),
+            on_error: OnError::Fail,
+            require_on_start: false,
+        }
+    }
+
+    #[test]
+    fn ttl_is_whole_seconds_rounded_up_and_at_least_one() {
+        assert_eq!(ttl_secs(Duration::ZERO), 1);
+        assert_eq!(ttl_secs(Duration::from_millis(1)), 1);
+        assert_eq!(ttl_secs(Duration::from_secs(1)), 1);
+        assert_eq!(ttl_secs(Duration::from_millis(1001)), 2);
+        assert_eq!(ttl_secs(Duration::from_secs(86400)), 86400);
+    }
+
+    #[test]
+    fn key_is_namespace_then_id_text() {
+        let store = RedisStore::open(&settings("redis://127.0.0.1:1", &[]), "sess:").unwrap();
+        let id = SessionId::random();
+        let key = store.key(&id);
+        assert_eq!(key, format!("sess:{}", id.encode().as_str()));
+        assert_eq!(key.len(), 5 + ID_TEXT_LEN);
+    }
+
+    #[test]
+    fn debug_and_target_never_show_the_password() {
+        let single =
+            RedisStore::open(&settings("redis://user:hunter2@127.0.0.1:1/3", &[]), "s:").unwrap();
+        let cluster = RedisStore::open(
+            &settings(
+                "redis://127.0.0.1:6379",
+                &[
+                    "redis://:hunter2@127.0.0.1:1",
+                    "redis://:hunter2@127.0.0.1:2",
+                ],
+            ),
+            "s:",
+        )
+        .unwrap();
+        for store in [&single, &cluster] {
+            let shown = format!("{store:?} {}", store.target());
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains("***"), "{shown}");
+        }
+        assert!(cluster.is_cluster() && !single.is_cluster());
+        assert_eq!(
+            cluster.target(),
+            "[redis://:***@127.0.0.1:1, redis://:***@127.0.0.1:2]"
+        );
+    }
+
+    #[test]
+    fn corrupt_values_are_corrupt() {
+        assert!(parse(b"\xff\xfe").is_err());
+        assert!(parse(b"{}").is_err());
+        assert!(parse(br#"{"v":99,"created":0,"cookie_sent":0,"data":{}}"#).is_err());
+        let rec = Record::new(r#"{"a":"é"}"#.into(), 5);
+        assert_eq!(parse(rec.to_json().as_bytes()).unwrap(), rec);
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_fails_within_the_timeout() {
+        // Port 1 on loopback refuses connections: the error is Unavailable or Timeout,
+        // never a hang, and a later call tries again.
+        let store = RedisStore::open(&settings("redis://127.0.0.1:1", &[]), "s:").unwrap();
+        for _ in 0..2 {
+            let err = store.ping().await.unwrap_err();
+            assert!(
+                matches!(err, StoreError::Unavailable(_) | StoreError::Timeout(_)),
+                "{err:?}"
+            );
+        }
+    }
+}
