@@ -642,7 +642,7 @@ impl Gate {
             method = %ctx.method,
             path = %ctx.path,
             status = status.as_u16(),
-            duration_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = ctx.started.elapsed().as_micros() as f64 / 1000.0,
             session = ctx.outcome.as_str(),
         );
     }

@@ -1,0 +1,180 @@
+//! The command line (SPEC §1): `check`, `gen-secret`, and start-up errors, run as the built
+//! binary.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+const SECRET: &str = "cli-test-secret-0123456789abcdefghij";
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sessiongate"));
+    c.env_remove("SESSION_SECRET")
+        .env_remove("SESSION_SECRET_PREVIOUS")
+        .env_remove("SESSION_UPSTREAM_SECRET")
+        .env("RUST_LOG", "warn");
+    c
+}
+
+fn write(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sessiongate-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Prints expected and got between rulers when they differ.
+macro_rules! eqnice {
+    ($expected:expr, $got:expr) => {{
+        let (expected, got) = ($expected, $got);
+        if expected != got {
+            panic!("\n---- expected ----\n{expected}\n---- got ----\n{got}\n------------------\n");
+        }
+    }};
+}
+
+#[test]
+fn check_accepts_the_shipped_config_and_hides_secrets() {
+    let out = bin()
+        .args([
+            "check",
+            "-c",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.toml"),
+        ])
+        .env("SESSION_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("upstream = http://127.0.0.1:3000"), "{text}");
+    assert!(text.contains(&format!("SESSION_SECRET = set ({} bytes)", SECRET.len())));
+    assert!(text.contains("warning: SESSION_UPSTREAM_SECRET is not set"));
+    assert!(!text.contains(SECRET), "secret printed");
+}
+
+#[test]
+fn check_reports_file_line_column_and_key() {
+    let path = write(
+        "typo.toml",
+        "[server]\nupstream = \"http://127.0.0.1:3000\"\n\n[session]\nttl_secs = 60\n",
+    );
+    let out = bin()
+        .arg("check")
+        .arg("-c")
+        .arg(&path)
+        .env("SESSION_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(
+        err.starts_with(&format!("{}:5:1: unknown field `ttl_secs`", path.display())),
+        "{err}"
+    );
+
+    let path = write(
+        "samesite.toml",
+        "[server]\nupstream = \"http://127.0.0.1:3000\"\n[cookie]\nsecure = false\nsame_site = \"None\"\n",
+    );
+    let out = bin()
+        .arg("check")
+        .arg("-c")
+        .arg(&path)
+        .env("SESSION_SECRET", SECRET)
+        .output()
+        .unwrap();
+    eqnice!(
+        format!(
+            "{}:5:13: cookie.same_site: \"None\" requires cookie.secure = true (browsers reject it otherwise)\n",
+            path.display()
+        ),
+        stderr(&out)
+    );
+}
+
+#[test]
+fn missing_or_short_secret_names_the_variable_and_the_fix() {
+    let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.toml");
+    let out = bin().args(["check", "-c", cfg]).output().unwrap();
+    assert!(!out.status.success());
+    eqnice!(
+        "SESSION_SECRET is not set; generate one with `sessiongate gen-secret` and export it\n",
+        stderr(&out)
+    );
+    let out = bin()
+        .args(["-c", cfg])
+        .env("SESSION_SECRET", "short")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    eqnice!(
+        "SESSION_SECRET must be at least 32 bytes, got 5; generate one with `sessiongate gen-secret`\n",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn unreadable_config_is_one_line() {
+    let out = bin()
+        .args(["check", "-c", "/nonexistent/proxy.toml"])
+        .env("SESSION_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("/nonexistent/proxy.toml: cannot read config file: "),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1);
+}
+
+#[test]
+fn port_in_use_is_one_clear_line() {
+    // A listener without SO_REUSEPORT holds the port.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let path = write(
+        "busy.toml",
+        &format!("[server]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"http://127.0.0.1:9\"\n"),
+    );
+    let out = bin()
+        .arg("-c")
+        .arg(&path)
+        .env("SESSION_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!(
+            "cannot listen on 127.0.0.1:{port} (server.listen): "
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"));
+}
+
+#[test]
+fn gen_secret_prints_a_fresh_url_safe_secret() {
+    let a = bin().arg("gen-secret").output().unwrap();
+    let b = bin().arg("gen-secret").output().unwrap();
+    assert!(a.status.success());
+    let (a, b) = (
+        String::from_utf8(a.stdout).unwrap(),
+        String::from_utf8(b.stdout).unwrap(),
+    );
+    assert!(a.trim().len() >= 43);
+    assert!(
+        a.trim()
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+    );
+    assert_ne!(a, b);
+}
