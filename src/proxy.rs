@@ -240,11 +240,11 @@ impl Gate {
                 Ok(Ok(res)) => res,
             };
 
-        if res.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client_upgrade) = client_upgrade {
-                let upstream_upgrade = hyper::upgrade::on(&mut res);
-                tokio::spawn(bridge(client_upgrade, upstream_upgrade));
-            }
+        if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_upgrade)) =
+            (res.status(), client_upgrade)
+        {
+            let upstream_upgrade = hyper::upgrade::on(&mut res);
+            tokio::spawn(bridge(client_upgrade, upstream_upgrade));
         }
         let (mut parts, body) = res.into_parts();
         self.on_upstream_response(ctx, &mut parts.headers).await?;
@@ -380,12 +380,12 @@ impl Gate {
                 self.forward_header.clone(),
                 self.signer.mint(id, &rec.data, ctx.now),
             );
-            if !self.forward_headers.is_empty() {
-                if let Ok(data) = serde_json::from_str::<Value>(&rec.data) {
-                    for (name, field) in &self.forward_headers {
-                        if let Some(v) = token::field_value(&data, field) {
-                            headers.insert(name.clone(), v);
-                        }
+            if !self.forward_headers.is_empty()
+                && let Ok(data) = serde_json::from_str::<Value>(&rec.data)
+            {
+                for (name, field) in &self.forward_headers {
+                    if let Some(v) = token::field_value(&data, field) {
+                        headers.insert(name.clone(), v);
                     }
                 }
             }
@@ -523,13 +523,13 @@ impl Gate {
         // again (best effort), so nothing half-applied is visible.
         let rec = Record::new(data.into(), ctx.now);
         let new_id = self.create(&rec, ctx.now).await?;
-        if let Some(old) = old_id {
-            if let Err(e) = self.store.delete(&old).await {
-                if let Err(cleanup) = self.store.delete(&new_id).await {
-                    warn!(error = %cleanup, "could not remove the half-created session");
-                }
-                return Err(e.into());
+        if let Some(old) = old_id
+            && let Err(e) = self.store.delete(&old).await
+        {
+            if let Err(cleanup) = self.store.delete(&new_id).await {
+                warn!(error = %cleanup, "could not remove the half-created session");
             }
+            return Err(e.into());
         }
         ctx.outcome = Outcome::Created;
         Ok(CookieOut::Set(new_id))
