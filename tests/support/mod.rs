@@ -427,3 +427,4 @@ pub fn verify_token(token: &str, key: &str) -> serde_json::Value {
     );
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).unwrap()).unwrap()
 }
+pub mod redis_server;
