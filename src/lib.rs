@@ -12,10 +12,12 @@
 
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod cookie;
 pub mod error;
+pub mod metrics;
 pub mod protocol;
 pub mod proxy;
 pub mod secrets;

@@ -28,10 +28,11 @@ use tracing::{debug, info, warn};
 use crate::config::{Config, OnError};
 use crate::cookie::{self, CookieCodec, SetCookieBuilder, Verified};
 use crate::error::GateError;
+use crate::metrics::{LookupResult, Metrics, StoreOp, UpstreamError};
 use crate::protocol::{self, DirectiveError, Directives, ReservedNames};
 use crate::secrets::Secrets;
 use crate::session::{Record, SessionId, merge_object, unix_now};
-use crate::store::{Cas, SessionStore, Store};
+use crate::store::{Cas, SessionStore, Store, StoreError};
 use crate::token::{self, TokenSigner};
 
 /// The body of every response the proxy sends: the upstream's, streamed, or its own.
@@ -134,6 +135,7 @@ pub struct Gate {
     set_cookie: SetCookieBuilder,
     store: Store,
     client: Client<HttpConnector, Incoming>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Gate {
@@ -145,8 +147,8 @@ impl std::fmt::Debug for Gate {
 }
 
 impl Gate {
-    /// Builds the proxy from validated config, secrets and a store.
-    pub fn new(config: &Config, secrets: &Secrets, store: Store) -> Self {
+    /// Builds the proxy from validated config, secrets, a store and the metrics it updates.
+    pub fn new(config: &Config, secrets: &Secrets, store: Store, metrics: Arc<Metrics>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.server.upstream_timeout));
@@ -181,12 +183,30 @@ impl Gate {
             ),
             store,
             client,
+            metrics,
         }
     }
 
     /// The store this gate uses.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The metrics this gate updates.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Runs a store operation and records its latency.
+    async fn timed<T>(
+        &self,
+        op: StoreOp,
+        fut: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = fut.await;
+        self.metrics.store(op, started.elapsed());
+        result
     }
 
     /// Serves one request from `peer`. Never fails: errors become short plain responses.
@@ -203,9 +223,22 @@ impl Gate {
             lookup: Lookup::Anonymous,
             outcome: Outcome::None,
         };
+        self.metrics.in_flight().inc();
         let res = match self.proxy(&mut ctx, req, peer).await {
             Ok(res) => res,
             Err(err) => {
+                match &err {
+                    GateError::Upstream(_) => {
+                        self.metrics.upstream_error(UpstreamError::unreachable)
+                    }
+                    GateError::UpstreamTimeout(_) => {
+                        self.metrics.upstream_error(UpstreamError::timeout)
+                    }
+                    GateError::BadDirective(_) => {
+                        self.metrics.upstream_error(UpstreamError::bad_directive)
+                    }
+                    GateError::ClientBody(_) | GateError::Store(_) => {}
+                }
                 match &err {
                     GateError::Store(_) => tracing::error!(error = %err, "request failed"),
                     _ => warn!(error = %err, "request failed"),
@@ -213,6 +246,7 @@ impl Gate {
                 plain(err.status(), err.public_message())
             }
         };
+        self.metrics.in_flight().dec();
         self.finish(&ctx, res.status());
         Ok(res)
     }
@@ -228,6 +262,7 @@ impl Gate {
         self.on_request(ctx, &mut parts.headers).await?;
         let upstream_req = self.to_upstream(ctx, parts, body, peer)?;
 
+        let sent = Instant::now();
         let mut res =
             match tokio::time::timeout(self.upstream_timeout, self.client.request(upstream_req))
                 .await
@@ -239,6 +274,7 @@ impl Gate {
                 Ok(Err(e)) => return Err(GateError::Upstream(Box::new(e))),
                 Ok(Ok(res)) => res,
             };
+        self.metrics.upstream(sent.elapsed());
 
         if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_upgrade)) =
             (res.status(), client_upgrade)
@@ -280,27 +316,36 @@ impl Gate {
             }
         };
         let Some(Verified { id, rotated }) = verified else {
+            self.metrics.lookup(LookupResult::invalid);
             ctx.outcome = Outcome::Invalid;
             debug!("session cookie failed verification");
             return Ok(());
         };
 
-        match self.store.load(&id, self.ttl).await {
+        match self
+            .timed(StoreOp::load, self.store.load(&id, self.ttl))
+            .await
+        {
             Ok(Some(rec)) if self.is_past_absolute(&rec, ctx.now) => {
                 debug!("session reached absolute_ttl_sec");
-                self.store.delete(&id).await?;
+                self.timed(StoreOp::delete, self.store.delete(&id)).await?;
+                self.metrics.lookup(LookupResult::miss);
+                self.metrics.destroyed();
                 ctx.lookup = Lookup::Gone;
                 ctx.outcome = Outcome::Miss;
             }
             Ok(Some(rec)) => {
+                self.metrics.lookup(LookupResult::hit);
                 ctx.lookup = Lookup::Active { id, rec, rotated };
                 ctx.outcome = Outcome::Hit;
             }
             Ok(None) => {
+                self.metrics.lookup(LookupResult::miss);
                 ctx.lookup = Lookup::Gone;
                 ctx.outcome = Outcome::Miss;
             }
             Err(e) => {
+                self.metrics.lookup(LookupResult::error);
                 ctx.outcome = Outcome::Error;
                 match self.on_error {
                     OnError::Fail => return Err(e.into()),
@@ -512,7 +557,7 @@ impl Gate {
         if d.set.is_none() && d.update.is_none() {
             // Destroy alone.
             if let Some(id) = old_id {
-                self.store.delete(&id).await?;
+                self.timed(StoreOp::delete, self.store.delete(&id)).await?;
             }
             ctx.outcome = Outcome::Destroyed;
             return Ok(CookieOut::Clear);
@@ -524,9 +569,12 @@ impl Gate {
         let rec = Record::new(data.into(), ctx.now);
         let new_id = self.create(&rec, ctx.now).await?;
         if let Some(old) = old_id
-            && let Err(e) = self.store.delete(&old).await
+            && let Err(e) = self.timed(StoreOp::delete, self.store.delete(&old)).await
         {
-            if let Err(cleanup) = self.store.delete(&new_id).await {
+            if let Err(cleanup) = self
+                .timed(StoreOp::delete, self.store.delete(&new_id))
+                .await
+            {
                 warn!(error = %cleanup, "could not remove the half-created session");
             }
             return Err(e.into());
@@ -590,7 +638,7 @@ impl Gate {
                 }
             }
         }
-        Err(GateError::Store(crate::store::StoreError::Unavailable(
+        Err(GateError::Store(StoreError::Unavailable(
             "session kept changing under concurrent updates".into(),
         )))
     }
@@ -625,18 +673,25 @@ impl Gate {
     async fn create(&self, rec: &Record, now: u64) -> Result<SessionId, GateError> {
         for _ in 0..CREATE_ATTEMPTS {
             let id = SessionId::random();
-            if self.store.create(&id, rec, self.ttl_for(rec, now)).await? {
+            if self
+                .timed(
+                    StoreOp::create,
+                    self.store.create(&id, rec, self.ttl_for(rec, now)),
+                )
+                .await?
+            {
                 return Ok(id);
             }
             warn!("session ID collision; drawing a new one");
         }
-        Err(GateError::Store(crate::store::StoreError::Unavailable(
+        Err(GateError::Store(StoreError::Unavailable(
             "could not find an unused session ID".into(),
         )))
     }
 
     /// Phase 4: the access event (SPEC §9): never the query, a cookie, a token or data.
     fn finish(&self, ctx: &Ctx, status: StatusCode) {
+        self.metrics.request(status.as_u16(), ctx.outcome);
         info!(
             target: "sessiongate::access",
             method = %ctx.method,

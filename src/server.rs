@@ -15,11 +15,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::admin::{self, Admin};
 use crate::config::{Config, StoreKind};
+use crate::metrics::Metrics;
 use crate::proxy::Gate;
 use crate::secrets::Secrets;
 use crate::store::{MemoryStore, RedisStore, SessionStore, Store, StoreError};
@@ -78,8 +80,10 @@ pub enum StartError {
 pub struct Running {
     /// The address the proxy serves.
     pub addr: SocketAddr,
+    /// The admin listener's address, when one is configured.
+    pub admin_addr: Option<SocketAddr>,
     gate: Arc<Gate>,
-    shutdown: Option<oneshot::Sender<()>>,
+    shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
@@ -93,10 +97,8 @@ impl Running {
     ///
     /// # Panics
     /// Re-raises a panic from the server task, so tests see it.
-    pub async fn shutdown(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
         if let Err(e) = self.task.await
             && e.is_panic()
         {
@@ -163,19 +165,25 @@ pub async fn build_store(config: &Config) -> Result<Store, StartError> {
     }
 }
 
-/// Binds `server.listen` and serves in a background task.
+/// Binds `server.listen` (and `server.admin_listen`) and serves in background tasks.
 ///
 /// # Errors
 /// When binding fails or the store cannot be built.
 pub async fn start(config: &Config, secrets: &Secrets) -> Result<Running, StartError> {
     let store = build_store(config).await?;
     let listener = bind(config.server.listen, "server.listen")?;
-    Ok(start_on(listener, config, secrets, store))
+    let admin = config
+        .server
+        .admin_listen
+        .map(|addr| bind(addr, "server.admin_listen"))
+        .transpose()?;
+    Ok(start_on(listener, admin, config, secrets, store))
 }
 
-/// Serves on an already bound `listener` with `store`, in a background task.
+/// Serves on already bound listeners with `store`, in background tasks.
 pub fn start_on(
     listener: TcpListener,
+    admin: Option<TcpListener>,
     config: &Config,
     secrets: &Secrets,
     store: Store,
@@ -183,16 +191,32 @@ pub fn start_on(
     let addr = listener
         .local_addr()
         .expect("a bound listener has an address");
-    let gate = Arc::new(Gate::new(config, secrets, store));
-    let (tx, rx) = oneshot::channel();
-    let task = tokio::spawn(serve(listener, gate.clone(), async {
-        let _ = rx.await;
-    }));
+    let metrics = Arc::new(Metrics::new());
+    let gate = Arc::new(Gate::new(config, secrets, store.clone(), metrics.clone()));
+    let (tx, rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let admin_addr = admin.map(|listener| {
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
+        let admin = Admin {
+            metrics,
+            store,
+            store_timeout: config.store.timeout,
+        };
+        tokio::spawn(admin::serve(listener, admin, stopped(rx.clone())));
+        info!(%addr, "admin listening");
+        addr
+    });
+    let task = tokio::spawn(serve(listener, gate.clone(), stopped(rx)));
     info!(%addr, upstream = %config.server.upstream.authority, "sessiongate listening");
     Running {
         addr,
+        admin_addr,
         gate,
-        shutdown: Some(tx),
+        shutdown: tx,
         task,
     }
 }

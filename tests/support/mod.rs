@@ -266,7 +266,11 @@ impl GateBuilder {
             None => server::build_store(&config).await.unwrap(),
         };
         let listener = server::bind(config.server.listen, "server.listen").unwrap();
-        let running = server::start_on(listener, &config, &secrets, store);
+        let admin = config
+            .server
+            .admin_listen
+            .map(|a| server::bind(a, "server.admin_listen").unwrap());
+        let running = server::start_on(listener, admin, &config, &secrets, store);
         Gate {
             addr: running.addr,
             running,

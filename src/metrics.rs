@@ -1,0 +1,276 @@
+//! Prometheus metrics (SPEC §9), kept in a `prometheus-client` registry and rendered as
+//! text by the admin listener. Names are constants matching the SPEC; labels never carry
+//! a session ID, cookie, path or anything else a client chooses.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::proxy::Outcome;
+
+/// `sessiongate_requests_total{status}`.
+pub const REQUESTS: &str = "sessiongate_requests";
+/// `sessiongate_session_lookups_total{result}`.
+pub const SESSION_LOOKUPS: &str = "sessiongate_session_lookups";
+/// `sessiongate_sessions_created_total`.
+pub const SESSIONS_CREATED: &str = "sessiongate_sessions_created";
+/// `sessiongate_sessions_destroyed_total`.
+pub const SESSIONS_DESTROYED: &str = "sessiongate_sessions_destroyed";
+/// `sessiongate_store_seconds{op}` (histogram).
+pub const STORE_SECONDS: &str = "sessiongate_store_seconds";
+/// `sessiongate_upstream_errors_total{kind}`.
+pub const UPSTREAM_ERRORS: &str = "sessiongate_upstream_errors";
+/// `sessiongate_upstream_seconds` (histogram): time to the upstream's response headers.
+pub const UPSTREAM_SECONDS: &str = "sessiongate_upstream_seconds";
+/// `sessiongate_in_flight_requests` (gauge).
+pub const IN_FLIGHT: &str = "sessiongate_in_flight_requests";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: u16,
+}
+
+/// The result of looking a session up.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum LookupResult {
+    /// Active session found.
+    hit,
+    /// Verified cookie, session gone.
+    miss,
+    /// Cookie failed format or signature checks (no store access).
+    invalid,
+    /// The store could not answer.
+    error,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LookupLabel {
+    result: LookupResult,
+}
+
+/// A store operation, for `sessiongate_store_seconds{op}`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum StoreOp {
+    /// Read and slide.
+    load,
+    /// Create if absent.
+    create,
+    /// Compare-and-set.
+    replace,
+    /// Delete.
+    delete,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabel {
+    op: StoreOp,
+}
+
+/// Why the upstream exchange failed.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum UpstreamError {
+    /// Could not connect or the exchange broke.
+    unreachable,
+    /// No response headers in time.
+    timeout,
+    /// Invalid session directive.
+    bad_directive,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: UpstreamError,
+}
+
+/// Every metric the proxy keeps.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<StatusLabel, Counter>,
+    lookups: Family<LookupLabel, Counter>,
+    created: Counter,
+    destroyed: Counter,
+    store_seconds: Family<OpLabel, Histogram>,
+    upstream_errors: Family<KindLabel, Counter>,
+    upstream_seconds: Histogram,
+    in_flight: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric at zero.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<StatusLabel, Counter>::default();
+        let lookups = Family::<LookupLabel, Counter>::default();
+        let created = Counter::default();
+        let destroyed = Counter::default();
+        let store_seconds = Family::<OpLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+        });
+        let upstream_errors = Family::<KindLabel, Counter>::default();
+        let upstream_seconds = Histogram::new(exponential_buckets(0.000_1, 2.0, 18));
+        let in_flight = Gauge::default();
+        registry.register(REQUESTS, "Requests answered, by status", requests.clone());
+        registry.register(
+            SESSION_LOOKUPS,
+            "Session cookie lookups, by result",
+            lookups.clone(),
+        );
+        registry.register(SESSIONS_CREATED, "Sessions created", created.clone());
+        registry.register(
+            SESSIONS_DESTROYED,
+            "Sessions destroyed by the upstream or the absolute TTL",
+            destroyed.clone(),
+        );
+        registry.register(
+            STORE_SECONDS,
+            "Session store operation latency in seconds",
+            store_seconds.clone(),
+        );
+        registry.register(
+            UPSTREAM_ERRORS,
+            "Upstream failures, by kind",
+            upstream_errors.clone(),
+        );
+        registry.register(
+            UPSTREAM_SECONDS,
+            "Time to the upstream's response headers in seconds",
+            upstream_seconds.clone(),
+        );
+        registry.register(IN_FLIGHT, "Requests being served", in_flight.clone());
+        // Every label value exists from the start, so dashboards and rate() see zeros
+        // rather than absent series.
+        for result in [
+            LookupResult::hit,
+            LookupResult::miss,
+            LookupResult::invalid,
+            LookupResult::error,
+        ] {
+            let _ = lookups.get_or_create(&LookupLabel { result });
+        }
+        for op in [
+            StoreOp::load,
+            StoreOp::create,
+            StoreOp::replace,
+            StoreOp::delete,
+        ] {
+            let _ = store_seconds.get_or_create(&OpLabel { op });
+        }
+        for kind in [
+            UpstreamError::unreachable,
+            UpstreamError::timeout,
+            UpstreamError::bad_directive,
+        ] {
+            let _ = upstream_errors.get_or_create(&KindLabel { kind });
+        }
+        Self {
+            registry,
+            requests,
+            lookups,
+            created,
+            destroyed,
+            store_seconds,
+            upstream_errors,
+            upstream_seconds,
+            in_flight,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// A request finished with `status` and session `outcome`.
+    pub fn request(&self, status: u16, outcome: Outcome) {
+        self.requests.get_or_create(&StatusLabel { status }).inc();
+        match outcome {
+            Outcome::Created => {
+                self.created.inc();
+            }
+            Outcome::Destroyed => {
+                self.destroyed.inc();
+            }
+            Outcome::None | Outcome::Hit | Outcome::Miss | Outcome::Invalid | Outcome::Error => {}
+        }
+    }
+
+    /// A cookie was looked up.
+    pub fn lookup(&self, result: LookupResult) {
+        self.lookups.get_or_create(&LookupLabel { result }).inc();
+    }
+
+    /// A session was destroyed outside a Destroy directive (absolute TTL).
+    pub fn destroyed(&self) {
+        self.destroyed.inc();
+    }
+
+    /// A store operation took `elapsed`.
+    pub fn store(&self, op: StoreOp, elapsed: Duration) {
+        self.store_seconds
+            .get_or_create(&OpLabel { op })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The upstream failed.
+    pub fn upstream_error(&self, kind: UpstreamError) {
+        self.upstream_errors
+            .get_or_create(&KindLabel { kind })
+            .inc();
+    }
+
+    /// The upstream answered with headers after `elapsed`.
+    pub fn upstream(&self, elapsed: Duration) {
+        self.upstream_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// The in-flight gauge; increment on entry and decrement on exit.
+    pub fn in_flight(&self) -> &Gauge {
+        &self.in_flight
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_spec_names() {
+        let m = Metrics::new();
+        m.request(200, Outcome::Created);
+        m.lookup(LookupResult::hit);
+        m.store(StoreOp::load, Duration::from_micros(20));
+        m.upstream_error(UpstreamError::timeout);
+        let text = m.render();
+        for needle in [
+            "sessiongate_requests_total{status=\"200\"} 1",
+            "sessiongate_session_lookups_total{result=\"hit\"} 1",
+            "sessiongate_session_lookups_total{result=\"invalid\"} 0",
+            "sessiongate_sessions_created_total 1",
+            "sessiongate_sessions_destroyed_total 0",
+            "sessiongate_store_seconds_count{op=\"load\"} 1",
+            "sessiongate_upstream_errors_total{kind=\"timeout\"} 1",
+            "sessiongate_in_flight_requests 0",
+            "# TYPE sessiongate_upstream_seconds histogram",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from\n{text}");
+        }
+    }
+}
