@@ -12,6 +12,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -136,6 +137,7 @@ pub struct Gate {
     store: Store,
     client: Client<HttpConnector, Incoming>,
     metrics: Arc<Metrics>,
+    draining: AtomicBool,
 }
 
 impl std::fmt::Debug for Gate {
@@ -184,7 +186,13 @@ impl Gate {
             store,
             client,
             metrics,
+            draining: AtomicBool::new(false),
         }
+    }
+
+    /// From now on, every HTTP/1 response asks the client to close its connection.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
     }
 
     /// The store this gate uses.
@@ -215,6 +223,7 @@ impl Gate {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<Response<Body>, Infallible> {
+        let http1 = req.version() <= Version::HTTP_11;
         let mut ctx = Ctx {
             started: Instant::now(),
             now: unix_now(),
@@ -246,6 +255,13 @@ impl Gate {
                 plain(err.status(), err.public_message())
             }
         };
+        let mut res = res;
+        if http1 && self.draining.load(Ordering::Relaxed) {
+            // Shutting down: tell keep-alive clients to take their next request elsewhere,
+            // so no connection is closed under a request the client is already sending.
+            res.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         self.metrics.in_flight().dec();
         self.finish(&ctx, res.status());
         Ok(res)

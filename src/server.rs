@@ -28,6 +28,9 @@ use crate::store::{MemoryStore, RedisStore, SessionStore, Store, StoreError};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How long busy keep-alive connections get to finish with `Connection: close` before
+/// idle ones are closed, at shutdown.
+pub const LAME_DUCK: Duration = Duration::from_secs(1);
 /// How long a client may take to send a request's headers (slowloris guard).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest request head accepted, in bytes; larger ones get 431.
@@ -267,9 +270,17 @@ pub async fn serve(listener: TcpListener, gate: Arc<Gate>, shutdown: impl Future
     }
     drop(listener);
     info!(
-        in_flight = graceful.count(),
+        connections = graceful.count(),
         "shutting down: draining connections"
     );
+    // Lame-duck phase: responses now carry `Connection: close`, so busy keep-alive
+    // connections end cleanly after their current request. Only then are idle ones closed,
+    // which keeps the close-while-the-client-sends race to connections idle all along.
+    gate.start_draining();
+    let lame_duck_end = tokio::time::Instant::now() + LAME_DUCK;
+    while graceful.count() > 0 && tokio::time::Instant::now() < lame_duck_end {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     tokio::select! {
         () = graceful.shutdown() => info!("all connections closed"),
         () = tokio::time::sleep(SHUTDOWN_GRACE) => warn!("shutdown grace over; closing remaining connections"),
