@@ -32,6 +32,9 @@
 //! Every operation, connecting included, is bounded by `store.timeout_ms`
 //! ([`StoreError::Timeout`]); Redis errors are [`StoreError::Unavailable`] with the
 //! redis error as the source; a value that is not a record is [`StoreError::Corrupt`].
+//! After a timeout the connection is dropped and the next operation connects afresh:
+//! a server that vanished without closing the connection (host down, network partition,
+//! failover to another address) would otherwise keep timing out until TCP gives up.
 //! An operation that timed out may still be applied by Redis later (it was sent); the
 //! caller treats it as failed, so nothing it acknowledged is lost.
 //!
@@ -39,14 +42,13 @@
 //! a masked copy of its URLs for display.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, RedisError, RedisFuture, Value};
-use tokio::sync::OnceCell;
 
 use super::{Cas, SessionStore, StoreError};
 use crate::cli::mask_password;
@@ -86,7 +88,10 @@ pub struct RedisStore {
 
 struct Inner {
     target: Target,
-    conn: OnceCell<Conn>,
+    /// The connection once made, with its generation number.
+    conn: Mutex<Slot>,
+    /// Held while connecting, so that one attempt runs at a time.
+    connecting: tokio::sync::Mutex<()>,
     namespace: Box<str>,
     timeout: Duration,
     /// The URL(s) with any password masked: the only form ever displayed.
@@ -97,6 +102,12 @@ struct Inner {
 enum Target {
     Single(redis::Client, ConnectionManagerConfig),
     Cluster(redis::cluster::ClusterClient),
+}
+
+#[derive(Default)]
+struct Slot {
+    conn: Option<(u64, Conn)>,
+    made: u64,
 }
 
 #[derive(Clone)]
@@ -144,7 +155,7 @@ impl std::fmt::Debug for RedisStore {
             .field("target", &self.inner.shown)
             .field("namespace", &self.inner.namespace)
             .field("timeout", &self.inner.timeout)
-            .field("connected", &self.inner.conn.initialized())
+            .field("connected", &self.lock().conn.is_some())
             .finish()
     }
 }
@@ -195,7 +206,8 @@ impl RedisStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 target,
-                conn: OnceCell::new(),
+                conn: Mutex::default(),
+                connecting: tokio::sync::Mutex::new(()),
                 namespace: namespace.into(),
                 timeout,
                 shown,
@@ -233,24 +245,51 @@ impl RedisStore {
         key
     }
 
-    /// The connection, made on first use; a failed attempt is retried by the next call.
-    async fn conn(&self) -> Result<Conn, RedisError> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
+        // Nothing panics while holding the lock; a poisoned slot is still consistent.
         self.inner
             .conn
-            .get_or_try_init(|| async {
-                match &self.inner.target {
-                    Target::Single(client, config) => {
-                        ConnectionManager::new_with_config(client.clone(), config.clone())
-                            .await
-                            .map(Conn::Single)
-                    }
-                    Target::Cluster(client) => {
-                        client.get_async_connection().await.map(Conn::Cluster)
-                    }
-                }
-            })
-            .await
-            .cloned()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn cached(&self) -> Option<(u64, Conn)> {
+        self.lock().conn.clone()
+    }
+
+    /// The connection and its generation, made on first use; a failed attempt is made
+    /// again by the next call.
+    async fn conn(&self) -> Result<(u64, Conn), RedisError> {
+        if let Some(found) = self.cached() {
+            return Ok(found);
+        }
+        let _connecting = self.inner.connecting.lock().await;
+        if let Some(found) = self.cached() {
+            return Ok(found);
+        }
+        let conn = match &self.inner.target {
+            Target::Single(client, config) => {
+                ConnectionManager::new_with_config(client.clone(), config.clone())
+                    .await
+                    .map(Conn::Single)?
+            }
+            Target::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster)?,
+        };
+        let mut slot = self.lock();
+        slot.made += 1;
+        let made = (slot.made, conn);
+        slot.conn = Some(made.clone());
+        Ok(made)
+    }
+
+    /// Drops connection `generation` (if still current) so that the next call connects
+    /// afresh. Called after a timeout: a connection whose peer vanished without closing
+    /// it (host down, network partition) would otherwise time out until TCP gives up.
+    fn forget(&self, generation: u64) {
+        let mut slot = self.lock();
+        if slot.conn.as_ref().is_some_and(|(g, _)| *g == generation) {
+            slot.conn = None;
+        }
     }
 
     /// Runs `op` on the connection within `store.timeout_ms`.
@@ -260,12 +299,30 @@ impl RedisStore {
         Fut: Future<Output = Result<T, StoreError>>,
     {
         let timeout = self.inner.timeout;
-        tokio::time::timeout(timeout, async {
-            let conn = self.conn().await.map_err(unavailable)?;
+        let mut generation = None;
+        let result = tokio::time::timeout(timeout, async {
+            let (made, conn) = self.conn().await.map_err(unavailable)?;
+            generation = Some(made);
             op(conn).await
         })
-        .await
-        .map_err(|_| StoreError::Timeout(timeout))?
+        .await;
+        let timed_out = match &result {
+            Err(_) => true,
+            Ok(Err(StoreError::Unavailable(e))) => e
+                .downcast_ref::<RedisError>()
+                .is_some_and(RedisError::is_timeout),
+            Ok(_) => false,
+        };
+        if timed_out {
+            if let Some(made) = generation {
+                self.forget(made);
+            }
+            return Err(StoreError::Timeout(timeout));
+        }
+        match result {
+            Ok(done) => done,
+            Err(_) => Err(StoreError::Timeout(timeout)),
+        }
     }
 }
 
