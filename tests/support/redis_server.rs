@@ -171,12 +171,12 @@ impl RedisServer {
         let client = self.client();
         let deadline = Instant::now() + READY_DEADLINE;
         loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    self.child = None;
-                    let log = std::fs::read_to_string(&log).unwrap_or_default();
-                    return Err(format!("exited with {status}: {log}"));
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(format!("exited with {status}: {log}"));
             }
             let pong = client
                 .get_connection_with_timeout(Duration::from_millis(500))
