@@ -597,3 +597,25 @@ async fn a_silently_dead_connection_is_replaced_after_a_timeout() {
     assert_eq!(data, serde_json::json!({"userId":1,"name":"alice"}));
     gate.join().await;
 }
+
+#[tokio::test]
+async fn rediss_checks_the_server_certificate() {
+    trace_init();
+    let Some((_redis, tls_port)) = RedisServer::start_tls() else {
+        return;
+    };
+    // A self-signed certificate is not trusted: the TLS handshake runs (rustls with the
+    // ring provider) and refuses it, as a clear error rather than a panic or a hang.
+    let config = config_with(&format!(
+        "[store]\nkind = \"redis\"\nurl = \"rediss://:hunter2@localhost:{tls_port}\"\ntimeout_ms = 2000\nrequire_on_start = true\n"
+    ));
+    let line = server::build_store(&config).await.unwrap_err().to_string();
+    assert!(
+        line.starts_with(&format!(
+            "store.url = rediss://:***@localhost:{tls_port} is unreachable: "
+        )),
+        "{line}"
+    );
+    assert!(line.contains("certificate"), "{line}");
+    assert!(!line.contains("hunter2"), "{line}");
+}

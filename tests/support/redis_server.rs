@@ -100,6 +100,49 @@ impl RedisServer {
         panic!("redis-server did not start: {last}");
     }
 
+    /// Starts a server that also serves TLS, with a fresh self-signed certificate for
+    /// `localhost`, on [`tls_port`](Self::tls_port); `None` (test skipped) without
+    /// `redis-server` or `openssl`.
+    pub fn start_tls() -> Option<(Self, u16)> {
+        require("redis-server")?;
+        require("openssl")?;
+        let tls_port = free_port();
+        let server = Self::start_with_args(
+            |_, dir| {
+                let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+                let out = Command::new("openssl")
+                    .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes"])
+                    .args(["-subj", "/CN=localhost", "-days", "1"])
+                    .arg("-keyout")
+                    .arg(&key)
+                    .arg("-out")
+                    .arg(&cert)
+                    .stdin(Stdio::null())
+                    .output()
+                    .expect("openssl runs");
+                assert!(
+                    out.status.success(),
+                    "openssl req failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                vec![
+                    "--tls-port".into(),
+                    tls_port.to_string(),
+                    "--tls-cert-file".into(),
+                    cert.display().to_string(),
+                    "--tls-key-file".into(),
+                    key.display().to_string(),
+                    "--tls-ca-cert-file".into(),
+                    cert.display().to_string(),
+                    "--tls-auth-clients".into(),
+                    "no".into(),
+                ]
+            },
+            "redis-tls",
+        );
+        Some((server, tls_port))
+    }
+
     /// `redis://127.0.0.1:PORT`
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
