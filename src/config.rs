@@ -88,6 +88,12 @@ pub struct RawServer {
     pub trusted_proxies: Vec<String>,
     /// Keep request headers with `_` (outside the reserved namespace).
     pub underscores_in_headers: bool,
+    /// How long a client may take to send a request's headers (slowloris guard).
+    pub header_read_timeout_ms: u64,
+    /// Largest request head (request line + headers) accepted; larger gets 431.
+    pub max_header_bytes: usize,
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    pub shutdown_grace_ms: u64,
     /// Extra PEM bundle for an https upstream.
     pub upstream_ca: String,
     /// `[server.tls]`
@@ -104,6 +110,9 @@ impl Default for RawServer {
             upstream_timeout_ms: 30_000,
             trusted_proxies: Vec::new(),
             underscores_in_headers: false,
+            header_read_timeout_ms: 30_000,
+            max_header_bytes: 65_536,
+            shutdown_grace_ms: 30_000,
             upstream_ca: String::new(),
             tls: None,
         }
@@ -327,6 +336,12 @@ pub struct ServerSettings {
     pub trusted_proxies: Vec<Cidr>,
     /// Keep underscore headers.
     pub underscores_in_headers: bool,
+    /// Request header read timeout.
+    pub header_read_timeout: Duration,
+    /// Largest request head, bytes.
+    pub max_header_bytes: usize,
+    /// Shutdown grace.
+    pub shutdown_grace: Duration,
 }
 
 /// The upstream application's address.
@@ -588,8 +603,25 @@ impl Validator<'_> {
         } else {
             Some(self.socket_addr("server.admin_listen", &server.admin_listen)?)
         };
-        if server.upstream_timeout_ms == 0 {
-            return Err(self.err("server.upstream_timeout_ms", "must be greater than 0"));
+        for (key, v) in [
+            ("server.upstream_timeout_ms", server.upstream_timeout_ms),
+            (
+                "server.header_read_timeout_ms",
+                server.header_read_timeout_ms,
+            ),
+        ] {
+            if v == 0 {
+                return Err(self.err(key, "must be greater than 0"));
+            }
+        }
+        if server.max_header_bytes < 8192 {
+            return Err(self.err(
+                "server.max_header_bytes",
+                format!(
+                    "{} is too small; the minimum is 8192",
+                    server.max_header_bytes
+                ),
+            ));
         }
         let trusted_proxies = server
             .trusted_proxies
@@ -632,6 +664,9 @@ impl Validator<'_> {
                 upstream_timeout: Duration::from_millis(server.upstream_timeout_ms),
                 trusted_proxies,
                 underscores_in_headers: server.underscores_in_headers,
+                header_read_timeout: Duration::from_millis(server.header_read_timeout_ms),
+                max_header_bytes: server.max_header_bytes,
+                shutdown_grace: Duration::from_millis(server.shutdown_grace_ms),
             },
             session,
             cookie,
@@ -1030,6 +1065,11 @@ mod tests {
                 "session.cookie_refresh_sec",
             ),
             ("[store]\ntimeout_ms = 0\n", "store.timeout_ms"),
+            (
+                "header_read_timeout_ms = 0\n",
+                "server.header_read_timeout_ms",
+            ),
+            ("max_header_bytes = 100\n", "server.max_header_bytes"),
             ("[store]\nmax_sessions = 0\n", "store.max_sessions"),
             ("[forward]\ntoken_ttl_sec = 0\n", "forward.token_ttl_sec"),
         ] {

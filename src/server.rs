@@ -26,15 +26,30 @@ use crate::proxy::Gate;
 use crate::secrets::Secrets;
 use crate::store::{MemoryStore, RedisStore, SessionStore, Store, StoreError};
 
-/// How long in-flight requests may take to finish after a shutdown signal.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// How long busy keep-alive connections get to finish with `Connection: close` before
 /// idle ones are closed, at shutdown.
 pub const LAME_DUCK: Duration = Duration::from_secs(1);
-/// How long a client may take to send a request's headers (slowloris guard).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// The largest request head accepted, in bytes; larger ones get 431.
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Connection limits from `[server]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// How long a client may take to send a request's headers (slowloris guard).
+    pub header_read_timeout: Duration,
+    /// The largest request head accepted, in bytes; larger ones get 431.
+    pub max_header_bytes: usize,
+    /// How long in-flight requests may take to finish after a shutdown signal.
+    pub shutdown_grace: Duration,
+}
+
+impl Limits {
+    /// The limits `config` sets.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            header_read_timeout: config.server.header_read_timeout,
+            max_header_bytes: config.server.max_header_bytes,
+            shutdown_grace: config.server.shutdown_grace,
+        }
+    }
+}
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -213,7 +228,8 @@ pub fn start_on(
         info!(%addr, "admin listening");
         addr
     });
-    let task = tokio::spawn(serve(listener, gate.clone(), stopped(rx)));
+    let limits = Limits::from_config(config);
+    let task = tokio::spawn(serve(listener, gate.clone(), limits, stopped(rx)));
     info!(%addr, upstream = %config.server.upstream.authority, "sessiongate listening");
     Running {
         addr,
@@ -224,18 +240,23 @@ pub fn start_on(
     }
 }
 
-/// Accepts connections until `shutdown` completes, then drains them within [`SHUTDOWN_GRACE`].
-pub async fn serve(listener: TcpListener, gate: Arc<Gate>, shutdown: impl Future<Output = ()>) {
+/// Accepts connections until `shutdown` completes, then drains them within the grace.
+pub async fn serve(
+    listener: TcpListener,
+    gate: Arc<Gate>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEAD_BYTES);
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEAD_BYTES as u32);
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
 
@@ -283,7 +304,7 @@ pub async fn serve(listener: TcpListener, gate: Arc<Gate>, shutdown: impl Future
     }
     tokio::select! {
         () = graceful.shutdown() => info!("all connections closed"),
-        () = tokio::time::sleep(SHUTDOWN_GRACE) => warn!("shutdown grace over; closing remaining connections"),
+        () = tokio::time::sleep(limits.shutdown_grace) => warn!("shutdown grace over; closing remaining connections"),
     }
 }
 
