@@ -379,9 +379,10 @@ async fn cluster_login_update_logout() {
         return;
     };
     let app = app().await;
+    // require_on_start: build_store pings every primary before the gate starts.
     let gate = gate(app.addr)
         .toml(&format!(
-            "[store]\nkind = \"redis\"\ncluster = {}\ntimeout_ms = 2000\n",
+            "[store]\nkind = \"redis\"\ncluster = {}\ntimeout_ms = 2000\nrequire_on_start = true\n",
             cluster.toml_list()
         ))
         .run()
