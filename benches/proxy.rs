@@ -81,7 +81,7 @@ async fn gate(upstream: SocketAddr) -> Running {
     let secrets = Secrets::from_env(&env).unwrap();
     let store = server::build_store(&config).await.unwrap();
     let listener = server::bind(config.server.listen, "server.listen").unwrap();
-    server::start_on(listener, None, &config, &secrets, store)
+    server::start_on(listener, None, &config, &secrets, store).expect("gate starts")
 }
 
 fn client() -> BenchClient {

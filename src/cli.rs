@@ -87,6 +87,9 @@ fn serve(config: &Config, secrets: &Secrets) -> ExitCode {
             Ok(r) => r,
             Err(e) => return fail(&e.to_string()),
         };
+        if let Some(tls) = running.tls() {
+            tokio::spawn(server::reload_on_sighup(tls.clone()));
+        }
         server::shutdown_signal().await;
         tracing::info!("signal received");
         running.shutdown().await;

@@ -342,12 +342,16 @@ pub struct ServerSettings {
     pub max_header_bytes: usize,
     /// Shutdown grace.
     pub shutdown_grace: Duration,
+    /// HTTPS on `listen`, when `[server.tls]` is set.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// Extra CA bundle for an https upstream.
+    pub upstream_ca: Option<PathBuf>,
 }
 
 /// The upstream application's address.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    /// `http` (https is not supported by this build).
+    /// `http` or `https`.
     pub scheme: http::uri::Scheme,
     /// host:port.
     pub authority: http::uri::Authority,
@@ -632,18 +636,44 @@ impl Validator<'_> {
                     .map_err(|m| self.err(&format!("server.trusted_proxies[{i}]"), m))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        if !server.upstream_ca.is_empty() {
+        let upstream_ca = if server.upstream_ca.is_empty() {
+            None
+        } else if upstream.scheme != http::uri::Scheme::HTTPS {
             return Err(self.err(
                 "server.upstream_ca",
-                "https upstreams are not supported by this build; remove the key",
+                "only applies to an https:// upstream; remove it or use https://",
             ));
-        }
-        if server.tls.is_some() {
-            return Err(self.err(
-                "server.tls",
-                "serving HTTPS is not supported by this build; terminate TLS in front of sessiongate and remove [server.tls]",
-            ));
-        }
+        } else {
+            let path = PathBuf::from(&server.upstream_ca);
+            crate::tls::client_config(Some(&path))
+                .map_err(|e| self.err("server.upstream_ca", e))?;
+            Some(path)
+        };
+        let tls = match &server.tls {
+            None => None,
+            Some(raw) => {
+                for (key, value) in [("server.tls.cert", &raw.cert), ("server.tls.key", &raw.key)] {
+                    if value.is_empty() {
+                        return Err(self.err(key, "is required in [server.tls] (a PEM file path)"));
+                    }
+                }
+                let files = crate::tls::TlsFiles {
+                    cert: PathBuf::from(&raw.cert),
+                    key: PathBuf::from(&raw.key),
+                };
+                crate::tls::server_config(&files).map_err(|e| {
+                    let key = match &e {
+                        crate::tls::TlsError::Read { path, .. } if *path == files.cert => {
+                            "server.tls.cert"
+                        }
+                        crate::tls::TlsError::NoCertificate { .. } => "server.tls.cert",
+                        _ => "server.tls.key",
+                    };
+                    self.err(key, e)
+                })?;
+                Some(files)
+            }
+        };
         let threads = match server.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -667,6 +697,8 @@ impl Validator<'_> {
                 header_read_timeout: Duration::from_millis(server.header_read_timeout_ms),
                 max_header_bytes: server.max_header_bytes,
                 shutdown_grace: Duration::from_millis(server.shutdown_grace_ms),
+                tls,
+                upstream_ca,
             },
             session,
             cookie,
@@ -704,16 +736,10 @@ impl Validator<'_> {
                 format!("{value:?} must be an absolute URL such as \"http://127.0.0.1:3000\""),
             ));
         };
-        if scheme == &http::uri::Scheme::HTTPS {
+        if scheme != &http::uri::Scheme::HTTP && scheme != &http::uri::Scheme::HTTPS {
             return Err(self.err(
                 KEY,
-                "https upstreams are not supported by this build; use http://",
-            ));
-        }
-        if scheme != &http::uri::Scheme::HTTP {
-            return Err(self.err(
-                KEY,
-                format!("scheme {scheme:?} is not supported; use http://"),
+                format!("scheme {scheme:?} is not supported; use http:// or https://"),
             ));
         }
         if authority.as_str().contains('@') {
@@ -994,7 +1020,7 @@ mod tests {
         let err = parse_str("[server]\nupstream = \"ftp://x\"\n").unwrap_err();
         assert_eq!(
             err,
-            "proxy.toml:2:12: server.upstream: scheme \"ftp\" is not supported; use http://"
+            "proxy.toml:2:12: server.upstream: scheme \"ftp\" is not supported; use http:// or https://"
         );
         let err =
             parse_str("[server]\nlisten = \"nowhere\"\nupstream = \"http://a:1\"\n").unwrap_err();

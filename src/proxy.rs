@@ -20,6 +20,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -109,6 +110,7 @@ struct Ctx {
     now: u64,
     method: Method,
     path: String,
+    tls: bool,
     lookup: Lookup,
     outcome: Outcome,
 }
@@ -135,7 +137,7 @@ pub struct Gate {
     signer: TokenSigner,
     set_cookie: SetCookieBuilder,
     store: Store,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpsConnector<HttpConnector>, Incoming>,
     metrics: Arc<Metrics>,
     draining: AtomicBool,
 }
@@ -150,16 +152,42 @@ impl std::fmt::Debug for Gate {
 
 impl Gate {
     /// Builds the proxy from validated config, secrets, a store and the metrics it updates.
-    pub fn new(config: &Config, secrets: &Secrets, store: Store, metrics: Arc<Metrics>) -> Self {
+    ///
+    /// # Errors
+    /// When the `server.upstream_ca` bundle of an https upstream cannot be loaded.
+    pub fn new(
+        config: &Config,
+        secrets: &Secrets,
+        store: Store,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, crate::tls::TlsError> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.server.upstream_timeout));
+        connector.enforce_http(false);
+        let tls = if config.server.upstream.scheme == http::uri::Scheme::HTTPS {
+            crate::tls::client_config(config.server.upstream_ca.as_deref())?
+        } else {
+            // Never used: the upstream is plain http.
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("the ring provider supports the default protocol versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()
+        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
         let forward_names = std::iter::once(&config.forward.header)
             .chain(config.forward.headers.iter().map(|(h, _)| h));
-        Self {
+        Ok(Self {
             upstream_scheme: config.server.upstream.scheme.clone(),
             upstream_authority: config.server.upstream.authority.clone(),
             upstream_timeout: config.server.upstream_timeout,
@@ -187,7 +215,7 @@ impl Gate {
             client,
             metrics,
             draining: AtomicBool::new(false),
-        }
+        })
     }
 
     /// From now on, every HTTP/1 response asks the client to close its connection.
@@ -217,11 +245,13 @@ impl Gate {
         result
     }
 
-    /// Serves one request from `peer`. Never fails: errors become short plain responses.
+    /// Serves one request from `peer`, which came over TLS when `tls`. Never fails: errors
+    /// become short plain responses.
     pub async fn handle(
         self: &Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
+        tls: bool,
     ) -> Result<Response<Body>, Infallible> {
         let http1 = req.version() <= Version::HTTP_11;
         let mut ctx = Ctx {
@@ -229,6 +259,7 @@ impl Gate {
             now: unix_now(),
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
+            tls,
             lookup: Lookup::Anonymous,
             outcome: Outcome::None,
         };
@@ -430,7 +461,8 @@ impl Gate {
         }
         headers.insert(X_FORWARDED_FOR.clone(), xff);
         if !headers.contains_key(&X_FORWARDED_PROTO) {
-            headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+            let proto = if ctx.tls { "https" } else { "http" };
+            headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
         }
         if let (false, Some(h)) = (headers.contains_key(&X_FORWARDED_HOST), host) {
             headers.insert(X_FORWARDED_HOST.clone(), h);

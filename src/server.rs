@@ -25,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::proxy::Gate;
 use crate::secrets::Secrets;
 use crate::store::{MemoryStore, RedisStore, SessionStore, Store, StoreError};
+use crate::tls::{Reloadable, TlsError};
 
 /// How long busy keep-alive connections get to finish with `Connection: close` before
 /// idle ones are closed, at shutdown.
@@ -78,6 +79,9 @@ pub enum StartError {
         #[source]
         source: StoreError,
     },
+    /// A `[server.tls]` or `server.upstream_ca` file cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// `store.require_on_start = true` and the store did not answer.
     #[error(
         "{key} = {target} is unreachable: {source}; start Redis or fix {key}, or set store.require_on_start = false to start without it"
@@ -101,6 +105,7 @@ pub struct Running {
     /// The admin listener's address, when one is configured.
     pub admin_addr: Option<SocketAddr>,
     gate: Arc<Gate>,
+    tls: Option<Arc<Reloadable>>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -109,6 +114,11 @@ impl Running {
     /// The gate, for inspecting its store in tests.
     pub fn gate(&self) -> &Arc<Gate> {
         &self.gate
+    }
+
+    /// The serving certificate when serving HTTPS, to reload it (SIGHUP).
+    pub fn tls(&self) -> Option<&Arc<Reloadable>> {
+        self.tls.as_ref()
     }
 
     /// Stops accepting, lets in-flight requests finish (within the grace), and waits.
@@ -195,22 +205,29 @@ pub async fn start(config: &Config, secrets: &Secrets) -> Result<Running, StartE
         .admin_listen
         .map(|addr| bind(addr, "server.admin_listen"))
         .transpose()?;
-    Ok(start_on(listener, admin, config, secrets, store))
+    start_on(listener, admin, config, secrets, store)
 }
 
 /// Serves on already bound listeners with `store`, in background tasks.
+///
+/// # Errors
+/// When a TLS file named in the config cannot be loaded.
 pub fn start_on(
     listener: TcpListener,
     admin: Option<TcpListener>,
     config: &Config,
     secrets: &Secrets,
     store: Store,
-) -> Running {
+) -> Result<Running, StartError> {
     let addr = listener
         .local_addr()
         .expect("a bound listener has an address");
     let metrics = Arc::new(Metrics::new());
-    let gate = Arc::new(Gate::new(config, secrets, store.clone(), metrics.clone()));
+    let gate = Arc::new(Gate::new(config, secrets, store.clone(), metrics.clone())?);
+    let tls = match &config.server.tls {
+        Some(files) => Some(Arc::new(Reloadable::new(files.clone())?)),
+        None => None,
+    };
     let (tx, rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -229,21 +246,34 @@ pub fn start_on(
         addr
     });
     let limits = Limits::from_config(config);
-    let task = tokio::spawn(serve(listener, gate.clone(), limits, stopped(rx)));
-    info!(%addr, upstream = %config.server.upstream.authority, "sessiongate listening");
-    Running {
+    let task = tokio::spawn(serve(
+        listener,
+        gate.clone(),
+        tls.clone(),
+        limits,
+        stopped(rx),
+    ));
+    info!(
+        %addr,
+        https = tls.is_some(),
+        upstream = %config.server.upstream.authority,
+        "sessiongate listening"
+    );
+    Ok(Running {
         addr,
         admin_addr,
         gate,
+        tls,
         shutdown: tx,
         task,
-    }
+    })
 }
 
 /// Accepts connections until `shutdown` completes, then drains them within the grace.
 pub async fn serve(
     listener: TcpListener,
     gate: Arc<Gate>,
+    tls: Option<Arc<Reloadable>>,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -275,19 +305,50 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let gate = gate.clone();
-        let svc = service_fn(move |req| {
-            let gate = gate.clone();
-            async move { gate.handle(req, peer).await }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(error = %e, "connection ended with an error");
+        let service = move |tls: bool| {
+            service_fn(move |req| {
+                let gate = gate.clone();
+                async move { gate.handle(req, peer, tls).await }
+            })
+        };
+        match &tls {
+            None => {
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service(false))
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        debug!(error = %e, "connection ended with an error");
+                    }
+                });
             }
-        });
+            Some(tls) => {
+                // The handshake runs in the connection's task, bounded like a header read.
+                let acceptor = tls.acceptor();
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                let handshake_timeout = limits.header_read_timeout;
+                tokio::spawn(async move {
+                    let stream = match tokio::time::timeout(
+                        handshake_timeout,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => return debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => return debug!("TLS handshake timed out"),
+                    };
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service(true))
+                        .into_owned();
+                    if let Err(e) = watcher.watch(conn).await {
+                        debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     info!(
@@ -306,6 +367,30 @@ pub async fn serve(
         () = graceful.shutdown() => info!("all connections closed"),
         () = tokio::time::sleep(limits.shutdown_grace) => warn!("shutdown grace over; closing remaining connections"),
     }
+}
+
+/// Reloads the serving certificate on every SIGHUP; a bad new pair is refused with a log
+/// line and the old one stays in service.
+pub async fn reload_on_sighup(tls: Arc<Reloadable>) {
+    #[cfg(unix)]
+    {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                return warn!(error = %e, "cannot listen for SIGHUP; certificate reload is off");
+            }
+        };
+        while hup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => info!("reloaded the TLS certificate and key"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS reload refused; the old certificate stays in service")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tls;
 }
 
 /// Completes on SIGTERM or SIGINT.

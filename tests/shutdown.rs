@@ -6,8 +6,8 @@ mod support;
 
 use std::net::SocketAddr;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::*;
@@ -249,7 +249,7 @@ async fn restart_under_traffic_loses_no_request() {
     for l in loops {
         l.await.unwrap();
     }
-    let failed = failed.lock().unwrap();
+    let failed = std::mem::take(&mut *failed.lock().unwrap());
     assert!(
         failed.is_empty(),
         "{} of {} requests failed: {:?}",
@@ -260,5 +260,3 @@ async fn restart_under_traffic_loses_no_request() {
     new.signal("-TERM");
     assert_eq!(new.exit_code().await, 0);
 }
-
-use std::sync::Mutex;

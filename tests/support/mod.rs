@@ -270,7 +270,7 @@ impl GateBuilder {
             .server
             .admin_listen
             .map(|a| server::bind(a, "server.admin_listen").unwrap());
-        let running = server::start_on(listener, admin, &config, &secrets, store);
+        let running = server::start_on(listener, admin, &config, &secrets, store).unwrap();
         Gate {
             addr: running.addr,
             running,
