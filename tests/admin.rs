@@ -147,3 +147,41 @@ async fn admin_paths_are_never_served_on_the_proxy_port() {
     }
     gate.join().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_the_store() {
+    trace_init();
+    let Some(mut redis) = support::redis_server::RedisServer::start() else {
+        return;
+    };
+    let app = app().await;
+    let gate = gate(app.addr)
+        .server("admin_listen = \"127.0.0.1:0\"")
+        .toml(&format!(
+            "[store]\nkind = \"redis\"\nurl = \"{}\"\ntimeout_ms = 300",
+            redis.url()
+        ))
+        .run()
+        .await;
+    assert_eq!(admin_get(&gate, "/readyz").await.0, 200);
+    redis.kill();
+    assert_eq!(
+        admin_get(&gate, "/readyz").await,
+        (503, "store unavailable\n".to_owned())
+    );
+    assert_eq!(
+        admin_get(&gate, "/healthz").await.0,
+        200,
+        "liveness must not follow the store"
+    );
+    redis.restart();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    while admin_get(&gate, "/readyz").await.0 != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    gate.join().await;
+}
