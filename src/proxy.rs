@@ -330,6 +330,10 @@ impl Gate {
             tokio::spawn(bridge(client_upgrade, upstream_upgrade));
         }
         let (mut parts, body) = res.into_parts();
+        if parts.status != StatusCode::SWITCHING_PROTOCOLS {
+            // The upstream's hop-by-hop headers (and those its `Connection` names) end here.
+            protocol::strip_hop_by_hop(&mut parts.headers);
+        }
         self.on_upstream_response(ctx, &mut parts.headers).await?;
         Ok(Response::from_parts(parts, Either::Left(body)))
     }

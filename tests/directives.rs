@@ -253,11 +253,14 @@ async fn update_racing_a_destroy_never_resurrects_the_session() {
         "/logout" => Reply::ok().header("x-session-destroy", "1"),
         "/slow-update" => {
             arrived_tx.lock().unwrap().send(()).unwrap();
-            release_rx
-                .lock()
-                .unwrap()
-                .recv_timeout(Duration::from_secs(10))
-                .expect("released");
+            // Blocks this worker only: the runtime moves its other tasks elsewhere.
+            tokio::task::block_in_place(|| {
+                release_rx
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(Duration::from_secs(10))
+                    .expect("released")
+            });
             Reply::ok().header("x-session-update", r#"{"late":true}"#)
         }
         _ => Reply::ok(),
@@ -326,4 +329,24 @@ async fn concurrent_updates_are_all_applied() {
         "lost an update: {data}"
     );
     Arc::try_unwrap(gate).ok().unwrap().join().await;
+}
+
+#[tokio::test]
+async fn upstream_hop_by_hop_headers_end_at_the_proxy() {
+    trace_init();
+    let app = upstream(|_| {
+        Reply::ok()
+            .header("connection", "x-internal")
+            .header("x-internal", "backend detail")
+            .header("keep-alive", "timeout=5")
+            .header("x-kept", "1")
+    })
+    .await;
+    let gate = gate(app.addr).run().await;
+    let res = gate.get("/").await;
+    assert_eq!(res.status, 200);
+    assert!(res.header("x-internal").is_none());
+    assert!(res.header("keep-alive").is_none());
+    assert_eq!(res.header("x-kept"), Some("1"));
+    gate.join().await;
 }
