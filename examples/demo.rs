@@ -60,9 +60,16 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     tokio::spawn(serve_app(listener, token_key));
 
     let running = sessiongate::server::start(&config, &secrets).await?;
+    let base = match config.server.tls {
+        Some(_) => format!(
+            "https://localhost:{} (add --cacert cert.pem)",
+            running.addr.port()
+        ),
+        None => format!("http://{}", running.addr),
+    };
     eprintln!(
-        "demo: app on http://{app_addr}, sessiongate on http://{} — try:\n  curl -i -c jar -b jar -X POST 'http://{0}/login?user=alice'\n  curl -i -c jar -b jar http://{0}/me",
-        running.addr
+        "demo: app on http://{app_addr}, sessiongate on {base} — try:\n  curl -i -c jar -b jar -X POST '{url}/login?user=alice'\n  curl -i -c jar -b jar {url}/me",
+        url = base.split(' ').next().unwrap_or_default(),
     );
     sessiongate::server::shutdown_signal().await;
     running.shutdown().await;
