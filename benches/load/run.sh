@@ -1,0 +1,449 @@
+#!/usr/bin/env bash
+# Load benchmark: sessiongate against a plain nginx reverse proxy in front of the same
+# upstream, on this machine, over loopback only. Not part of CI.
+#
+#   bash benches/load/run.sh
+#
+# Knobs (environment): ROUNDS=3 DURATION=10 (seconds per run) CONNS=32 WARMUP=2
+# PRELOAD=1000000 (sessions for the RSS test; 0 skips it) REDIS=1 (0 skips the Redis row).
+#
+# What runs, all on 127.0.0.1 and stopped on exit:
+# - upstream: nginx, one worker; `/` and `/login` (which answers `X-Session-Set:
+#   {"userId":1}`) return a 24-byte body.
+# - nginx-plain: nginx, one worker, proxy_pass with proxy_http_version 1.1, a keep-alive
+#   upstream pool, X-Forwarded-*, and access_log off.
+# - sessiongate: the release binary, threads = 1, memory store, RUST_LOG=warn, so it writes
+#   no access log either (the same choice as nginx-plain).
+# - wrk -t1 -cCONNS --latency is pinned to CPU 1; every server is pinned to CPU 0.
+#
+# Scenarios: S1 anonymous GET /; S2 GET / with a valid session cookie (nginx-plain gets the
+# same Cookie header and passes it on); S3 GET /login, a new session on every request
+# (through nginx-plain the upstream's header just passes through). They run interleaved,
+# ROUNDS times, and the table shows the median of the rounds. CPU µs/req is the proxy
+# process's utime+stime delta (/proc/PID/stat) over the requests wrk completed; the
+# upstream's CPU is not included (it is the same work for both proxies).
+#
+# Then the memory test: a fresh sessiongate, S2 with 1,000 sessions in the store, then
+# preloaded (through /login-100b, ~100 bytes of data each) to PRELOAD sessions: VmRSS
+# and S2 again. And, when redis-server is installed, an S2 row with `[store] kind = "redis"`
+# (CPU there is sessiongate + redis-server).
+
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-32}
+WARMUP=${WARMUP:-2}
+PRELOAD=${PRELOAD:-1000000}
+REDIS=${REDIS:-1}
+SERVER_CPU=0
+LOAD_CPU=1
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+
+log() { printf '>> %s\n' "$*" >&2; }
+die() { printf 'run.sh: %s\n' "$*" >&2; exit 1; }
+
+# --- tools -----------------------------------------------------------------------------
+
+need_apt=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
+command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    log "installing ${need_apt[*]} with apt-get"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+command -v taskset >/dev/null 2>&1 || die "taskset (util-linux) is required"
+[ "$(nproc)" -ge 2 ] || die "needs at least 2 CPUs (servers on CPU $SERVER_CPU, wrk on CPU $LOAD_CPU)"
+CLK_TCK=$(getconf CLK_TCK)
+
+log "cargo build --release"
+(cd "$ROOT" && cargo build --release --quiet)
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/sessiongate"
+[ -x "$BIN" ] || die "no binary at $BIN"
+
+# --- process bookkeeping ---------------------------------------------------------------
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/sessiongate-load.XXXXXX")
+PIDS=()
+
+stop_pid() {
+    local pid=$1 i
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for i in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        stop_pid "$pid"
+    done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# free_port VAR: a TCP port on 127.0.0.1 that nothing listens on and that this script has
+# not handed out yet. (Sets VAR rather than printing: a $(...) subshell would lose the list.)
+USED_PORTS=" "
+free_port() {
+    local p
+    for _ in $(seq 200); do
+        p=$((20000 + RANDOM % 30000))
+        case "$USED_PORTS" in *" $p "*) continue ;; esac
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            USED_PORTS+="$p "
+            printf -v "$1" '%s' "$p"
+            return 0
+        fi
+    done
+    die "no free port found"
+}
+
+# Waits (bounded) until http://127.0.0.1:PORT/PATH answers.
+wait_http() {
+    local port=$1 path=${2:-/}
+    for _ in $(seq 100); do
+        curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port$path" && return 0
+        sleep 0.1
+    done
+    die "nothing answers on 127.0.0.1:$port"
+}
+
+# The only child of PID (nginx's worker), waiting for it to exist.
+child_of() {
+    local c
+    for _ in $(seq 50); do
+        c=$(cat "/proc/$1/task/$1/children" 2>/dev/null | awk '{print $1}')
+        [ -n "$c" ] || c=$(pgrep -P "$1" | head -n 1)
+        [ -n "$c" ] && { echo "$c"; return 0; }
+        sleep 0.1
+    done
+    die "nginx $1 started no worker"
+}
+
+render() { # render TEMPLATE OUT KEY=VALUE...
+    local in=$1 out=$2 expr=() kv
+    shift 2
+    for kv in "$@"; do
+        expr+=(-e "s|@${kv%%=*}@|${kv#*=}|g")
+    done
+    sed "${expr[@]}" "$in" >"$out"
+}
+
+start_nginx() { # start_nginx NAME TEMPLATE KEY=VALUE... ; sets NGINX_MASTER, NGINX_WORKER
+    local name=$1 tpl=$2
+    shift 2
+    render "$tpl" "$TMP/$name.conf" "TMP=$TMP" "$@"
+    taskset -c "$SERVER_CPU" "$NGINX" -p "$TMP/" -e "$TMP/$name-error.log" -c "$TMP/$name.conf" \
+        >"$TMP/$name.out" 2>&1 &
+    NGINX_MASTER=$!
+    PIDS+=("$NGINX_MASTER")
+    NGINX_WORKER=$(child_of "$NGINX_MASTER")
+}
+
+SECRET=$("$BIN" gen-secret)
+UPSTREAM_SECRET=$("$BIN" gen-secret)
+
+start_gate() { # start_gate NAME PORT ADMIN_PORT STORE_LINES (\n between lines); sets GATE_PID
+    local name=$1 port=$2 admin=$3 store=$4
+    render "$HERE/sessiongate.toml.in" "$TMP/$name.toml" "PORT=$port" \
+        "UPSTREAM_PORT=$UPSTREAM_PORT" "ADMIN_PORT=$admin" "STORE=$store"
+    RUST_LOG=warn SESSION_SECRET=$SECRET SESSION_UPSTREAM_SECRET=$UPSTREAM_SECRET \
+        taskset -c "$SERVER_CPU" "$BIN" -c "$TMP/$name.toml" >"$TMP/$name.log" 2>&1 &
+    GATE_PID=$!
+    PIDS+=("$GATE_PID")
+    local i
+    for i in $(seq 100); do
+        curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$admin/healthz" && return 0
+        kill -0 "$GATE_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    log "sessiongate ($name) did not start: $(tail -n 3 "$TMP/$name.log")"
+    return 1
+}
+
+cpu_ticks() { # utime+stime of the given PIDs, in clock ticks
+    local pid sum=0 t
+    for pid in "$@"; do
+        # Fields after the ")" of the command name: utime is field 12, stime 13 there.
+        t=$(sed 's/^.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}')
+        sum=$((sum + t))
+    done
+    echo "$sum"
+}
+
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+# try_cookie PORT PATH: the session cookie (NAME=VALUE) that sessiongate on PORT sets for
+# PATH, after checking that it is live (a GET / with it is 200 and sets no cookie).
+try_cookie() {
+    local port=$1 path=$2 c
+    c=$(curl -s -o /dev/null -D - --max-time 5 "http://127.0.0.1:$port$path" |
+        awk 'tolower($1) == "set-cookie:" { split($2, a, ";"); print a[1]; exit }')
+    [ -n "$c" ] || return 1
+    curl -s -o /dev/null -D "$TMP/check.txt" --max-time 5 -H "Cookie: $c" "http://127.0.0.1:$port/" || return 1
+    head -n 1 "$TMP/check.txt" | grep -q ' 200' || return 1
+    ! grep -qi '^set-cookie:' "$TMP/check.txt" || return 1
+    echo "$c"
+}
+
+login_cookie() {
+    try_cookie "$1" "${2:-/login}" || die "no live session cookie from 127.0.0.1:$1${2:-/login}"
+}
+
+# --- one measured run ------------------------------------------------------------------
+
+RESULTS="$TMP/results.tsv" # scenario target round rps p50_us p99_us cpu_us errors
+
+to_us() { # wrk latency text (123.45us, 1.23ms, 1.02s) -> microseconds
+    awk -v v="$1" 'BEGIN {
+        n = v + 0
+        if (v ~ /us$/) print n; else if (v ~ /ms$/) print n * 1000;
+        else if (v ~ /m$/) print n * 60000000; else print n * 1000000 }'
+}
+
+# run_wrk SCENARIO TARGET ROUND PORT PATH COOKIE PIDS...
+run_wrk() {
+    local scenario=$1 target=$2 round=$3 port=$4 path=$5 cookie=$6
+    shift 6
+    local out="$TMP/wrk-$scenario-$target-$round.txt" hdr=() before after
+    [ -n "$cookie" ] && hdr=(-H "Cookie: $cookie")
+    before=$(cpu_ticks "$@")
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${hdr[@]}" \
+        "http://127.0.0.1:$port$path" >"$out" 2>&1 || die "wrk failed: $(cat "$out")"
+    after=$(cpu_ticks "$@")
+    local rps reqs p50 p99 errors
+    rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
+    reqs=$(awk '/requests in/ {print $1}' "$out")
+    p50=$(to_us "$(awk '$1 == "50%" {print $2}' "$out")")
+    p99=$(to_us "$(awk '$1 == "99%" {print $2}' "$out")")
+    errors=$(awk '/Non-2xx or 3xx/ {n += $NF} /Socket errors/ {
+        for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) n += $i } END {print n + 0}' "$out")
+    local cpu_us
+    cpu_us=$(awk -v d=$((after - before)) -v hz="$CLK_TCK" -v r="$reqs" \
+        'BEGIN { printf "%.2f", (r > 0) ? d / hz * 1e6 / r : 0 }')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$target" "$round" "$rps" "$p50" \
+        "$p99" "$cpu_us" "$errors" >>"$RESULTS"
+    log "$(printf '%-3s %-18s round %s: %9s req/s  p50 %8.0f us  p99 %8.0f us  %7s CPU us/req  errors %s  load %s' \
+        "$scenario" "$target" "$round" "$rps" "$p50" "$p99" "$cpu_us" "$errors" "$(cut -d' ' -f1 /proc/loadavg)")"
+}
+
+warm() { # warm PORT PATH COOKIE
+    local hdr=()
+    [ -n "$3" ] && hdr=(-H "Cookie: $3")
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${WARMUP}s" "${hdr[@]}" \
+        "http://127.0.0.1:$1$2" >/dev/null 2>&1 || true
+}
+
+# create_sessions PORT ADMIN_PORT PATH TOTAL: logins through sessiongate until its
+# sessions_created_total reaches TOTAL, in wrk runs of at most 10 s (wrk's thread:stop()
+# ends the requests but not the run, so each run is sized to what is left), 300 s at most.
+create_sessions() {
+    local port=$1 admin=$2 path=$3 total=$4 have left secs t0
+    t0=$(date +%s)
+    while :; do
+        have=$(sessions_created "$admin")
+        left=$((total - ${have:-0}))
+        [ "$left" -gt 0 ] || return 0
+        [ $(( $(date +%s) - t0 )) -lt 300 ] || die "preload: only $have of $total sessions after 300 s"
+        secs=$(( left / 15000 + 1 ))
+        [ "$secs" -le 10 ] || secs=10
+        taskset -c "$LOAD_CPU" wrk -t1 -c64 -d"${secs}s" -s "$HERE/preload.lua" \
+            "http://127.0.0.1:$port$path" -- "$left" >"$TMP/preload.txt" 2>&1 ||
+            die "preload failed: $(cat "$TMP/preload.txt")"
+    done
+}
+
+sessions_created() { # from the admin listener's /metrics
+    curl -s --max-time 5 "http://127.0.0.1:$1/metrics" |
+        awk '$1 == "sessiongate_sessions_created_total" {print $2}'
+}
+
+# --- start -----------------------------------------------------------------------------
+
+free_port UPSTREAM_PORT
+free_port PROXY_PORT
+free_port GATE_PORT
+free_port GATE_ADMIN
+
+start_nginx upstream "$HERE/upstream.conf.in" "UPSTREAM_PORT=$UPSTREAM_PORT"
+UPSTREAM_WORKER=$NGINX_WORKER
+wait_http "$UPSTREAM_PORT" /
+start_nginx proxy "$HERE/nginx-proxy.conf.in" "UPSTREAM_PORT=$UPSTREAM_PORT" "PROXY_PORT=$PROXY_PORT"
+PROXY_WORKER=$NGINX_WORKER
+wait_http "$PROXY_PORT" /
+start_gate gate "$GATE_PORT" "$GATE_ADMIN" 'kind = "memory"' || die "sessiongate did not start"
+GATE_MAIN=$GATE_PID
+
+COOKIE=$(login_cookie "$GATE_PORT")
+
+log "machine: $(nproc) CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
+log "upstream :$UPSTREAM_PORT  nginx-plain :$PROXY_PORT  sessiongate :$GATE_PORT (pid $GATE_MAIN)"
+log "rounds $ROUNDS x ${DURATION}s, wrk -t1 -c$CONNS, servers on CPU $SERVER_CPU, wrk on CPU $LOAD_CPU"
+
+for t in "$PROXY_PORT" "$GATE_PORT"; do
+    warm "$t" / ""
+    warm "$t" / "$COOKIE"
+done
+
+for round in $(seq "$ROUNDS"); do
+    # Alternate which proxy goes first, so neither always follows the other.
+    if [ $((round % 2)) -eq 1 ]; then order="nginx-plain sessiongate"; else order="sessiongate nginx-plain"; fi
+    for scenario in S1 S2 S3; do
+        case $scenario in
+            S1) path=/ cookie="" ;;
+            S2) path=/ cookie=$COOKIE ;;
+            S3) path=/login cookie="" ;;
+        esac
+        for target in $order; do
+            if [ "$target" = nginx-plain ]; then
+                run_wrk "$scenario" "$target" "$round" "$PROXY_PORT" "$path" "$cookie" "$PROXY_WORKER"
+            else
+                run_wrk "$scenario" "$target" "$round" "$GATE_PORT" "$path" "$cookie" "$GATE_MAIN"
+            fi
+        done
+    done
+done
+log "sessiongate after S3: $(sessions_created "$GATE_ADMIN") sessions created, VmRSS $(rss_kb "$GATE_MAIN") kB"
+stop_pid "$GATE_MAIN"
+
+# --- Redis -----------------------------------------------------------------------------
+
+REDIS_NOTE=""
+if [ "$REDIS" != 1 ] || ! command -v redis-server >/dev/null 2>&1; then
+    REDIS_NOTE="S2-redis: skipped (redis-server not installed, or REDIS=0)"
+else
+    free_port REDIS_PORT
+    taskset -c "$SERVER_CPU" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' \
+        --appendonly no --daemonize no --dir "$TMP" >"$TMP/redis.log" 2>&1 &
+    REDIS_PID=$!
+    PIDS+=("$REDIS_PID")
+    for _ in $(seq 50); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT") 2>/dev/null && break
+        sleep 0.1
+    done
+    free_port RGATE_PORT
+    free_port RGATE_ADMIN
+    RCOOKIE=""
+    if start_gate gate-redis "$RGATE_PORT" "$RGATE_ADMIN" \
+        "kind = \"redis\"\\nurl = \"redis://127.0.0.1:$REDIS_PORT\"\\nrequire_on_start = true"; then
+        RGATE=$GATE_PID
+        RCOOKIE=$(try_cookie "$RGATE_PORT" /login) || RCOOKIE=""
+    fi
+    if [ -z "$RCOOKIE" ]; then
+        REDIS_NOTE="S2-redis: skipped (redis store not available)"
+        [ -f "$TMP/gate-redis.log" ] && log "gate-redis said: $(tail -n 3 "$TMP/gate-redis.log")"
+    else
+        warm "$RGATE_PORT" / "$RCOOKIE"
+        for round in $(seq "$ROUNDS"); do
+            run_wrk S2 sessiongate+redis "$round" "$RGATE_PORT" / "$RCOOKIE" "$RGATE" "$REDIS_PID"
+        done
+        stop_pid "$RGATE"
+    fi
+    stop_pid "$REDIS_PID"
+fi
+
+# --- memory: 1,000 sessions vs PRELOAD sessions ----------------------------------------
+
+RSS_NOTE=""
+if [ "$PRELOAD" -gt 0 ]; then
+    free_port MGATE_PORT
+    free_port MGATE_ADMIN
+    start_gate gate-mem "$MGATE_PORT" "$MGATE_ADMIN" 'kind = "memory"' || die "sessiongate did not start"
+    MGATE=$GATE_PID
+    rss0=$(rss_kb "$MGATE")
+    create_sessions "$MGATE_PORT" "$MGATE_ADMIN" /login-100b 999
+    MCOOKIE=$(login_cookie "$MGATE_PORT" /login-100b)
+    n1=$(sessions_created "$MGATE_ADMIN")
+    rss1=$(rss_kb "$MGATE")
+    warm "$MGATE_PORT" / "$MCOOKIE"
+    for round in $(seq "$ROUNDS"); do
+        run_wrk S2 "sg-${n1}-sessions" "$round" "$MGATE_PORT" / "$MCOOKIE" "$MGATE"
+    done
+    log "preloading $PRELOAD sessions of ~100 B (bounded to 300 s)"
+    t0=$(date +%s)
+    create_sessions "$MGATE_PORT" "$MGATE_ADMIN" /login-100b $((PRELOAD - 1))
+    MCOOKIE=$(login_cookie "$MGATE_PORT" /login-100b)
+    n2=$(sessions_created "$MGATE_ADMIN")
+    rss2=$(rss_kb "$MGATE")
+    log "created $n2 sessions in $(( $(date +%s) - t0 )) s; VmRSS ${rss2} kB"
+    warm "$MGATE_PORT" / "$MCOOKIE"
+    for round in $(seq "$ROUNDS"); do
+        run_wrk S2 "sg-${n2}-sessions" "$round" "$MGATE_PORT" / "$MCOOKIE" "$MGATE"
+    done
+    rss3=$(rss_kb "$MGATE")
+    RSS_NOTE=$(printf 'VmRSS: empty %d kB; %d sessions %d kB; %d sessions %d kB (%.0f MB; %.0f bytes/session over the empty process); after S2 %d kB' \
+        "$rss0" "$n1" "$rss1" "$n2" "$rss2" "$(awk -v k="$rss2" 'BEGIN{print k/1024}')" \
+        "$(awk -v a="$rss2" -v b="$rss0" -v n="$n2" 'BEGIN{print (a-b)*1024/n}')" "$rss3")
+    stop_pid "$MGATE"
+fi
+
+# --- report ----------------------------------------------------------------------------
+
+median() { sort -g | awk '{a[NR] = $1} END { if (NR == 0) print 0; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+col() { # col SCENARIO TARGET FIELD -> median over rounds
+    awk -F'\t' -v s="$1" -v t="$2" -v f="$3" '$1 == s && $2 == t {print $f}' "$RESULTS" | median
+}
+
+echo
+echo "sessiongate load benchmark, $(date -u +%Y-%m-%d), $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)),"
+echo "median of $ROUNDS rounds x ${DURATION}s, wrk -t1 -c$CONNS on CPU $LOAD_CPU, servers on CPU $SERVER_CPU, no access logs."
+echo "CPU us/req is the proxy process only. 'vs nginx' = sessiongate / nginx-plain (req/s, p99, CPU)."
+echo
+printf '%-9s %-22s %10s %9s %9s %9s %8s %8s %8s %6s\n' scenario target 'req/s' 'p50 ms' 'p99 ms' 'CPU us' 'x req/s' 'x p99' 'x CPU' errors
+awk -F'\t' '{print $1 "\t" $2}' "$RESULTS" | awk '!seen[$0]++' | while IFS=$'\t' read -r s t; do
+    rps=$(col "$s" "$t" 4); p50=$(col "$s" "$t" 5); p99=$(col "$s" "$t" 6); cpu=$(col "$s" "$t" 7)
+    errs=$(awk -F'\t' -v s="$s" -v t="$t" '$1 == s && $2 == t {n += $8} END {print n + 0}' "$RESULTS")
+    base=nginx-plain
+    case $t in sg-*) base=$(awk -F'\t' '$1 == "S2" && $2 ~ /^sg-/ {print $2; exit}' "$RESULTS") ;; esac
+    has_base=$(awk -F'\t' -v s="$s" -v t="$base" '$1 == s && $2 == t {n++} END {print n + 0}' "$RESULTS")
+    if [ "$t" = "$base" ] || [ "$has_base" -eq 0 ]; then
+        xr="-" xp="-" xc="-"
+    else
+        xr=$(awk -v a="$rps" -v b="$(col "$s" "$base" 4)" 'BEGIN {printf "%.2f", a / b}')
+        xp=$(awk -v a="$p99" -v b="$(col "$s" "$base" 6)" 'BEGIN {printf "%.2f", a / b}')
+        xc=$(awk -v a="$cpu" -v b="$(col "$s" "$base" 7)" 'BEGIN {printf "%.2f", (b > 0) ? a / b : 0}')
+    fi
+    printf '%-9s %-22s %10.0f %9.3f %9.3f %9.1f %8s %8s %8s %6s\n' "$s" "$t" "$rps" \
+        "$(awk -v v="$p50" 'BEGIN{print v/1000}')" "$(awk -v v="$p99" 'BEGIN{print v/1000}')" \
+        "$cpu" "$xr" "$xp" "$xc" "$errs"
+done
+echo
+echo "(sg-N-sessions rows: one fresh sessiongate, S2 with N sessions in the memory store; their"
+echo " 'x' columns compare with the first such row. S2 via redis rows: CPU is sessiongate + redis-server.)"
+[ -n "$RSS_NOTE" ] && echo "$RSS_NOTE"
+[ -n "$REDIS_NOTE" ] && echo "$REDIS_NOTE"
+
+# Issue 5's targets, from the medians above.
+ratio() { # ratio SCENARIO TARGET BASE FIELD
+    awk -v a="$(col "$1" "$2" "$4")" -v b="$(col "$1" "$3" "$4")" 'BEGIN {printf "%.2f", (b > 0) ? a / b : 0}'
+}
+check() { # check LABEL VALUE OP LIMIT
+    local ok
+    ok=$(awk -v v="$2" -v l="$4" -v op="$3" 'BEGIN {print (op == ">=" ? v >= l : v <= l) ? "ok" : "MISSED"}')
+    printf '  %-44s %8s %s %-6s %s\n' "$1" "$2" "$3" "$4" "$ok"
+}
+echo
+echo "targets:"
+check "S1 req/s vs nginx-plain" "$(ratio S1 sessiongate nginx-plain 4)" ">=" 1.0
+check "S2 req/s vs nginx-plain" "$(ratio S2 sessiongate nginx-plain 4)" ">=" 1.0
+check "S2 CPU us/req vs nginx-plain" "$(ratio S2 sessiongate nginx-plain 7)" "<=" 1.0
+check "S2 p99 vs nginx-plain" "$(ratio S2 sessiongate nginx-plain 6)" "<=" 1.2
+check "S3 req/s vs nginx-plain" "$(ratio S3 sessiongate nginx-plain 4)" ">=" 0.9
+if [ -n "${rss2:-}" ]; then
+    check "VmRSS MB with $n2 sessions" "$(awk -v k="$rss2" 'BEGIN {printf "%.0f", k / 1024}')" "<=" 400
+    check "S2 p99 with $n2 vs $n1 sessions" "$(ratio S2 "sg-${n2}-sessions" "sg-${n1}-sessions" 6)" "<=" 1.1
+fi
+exit 0
