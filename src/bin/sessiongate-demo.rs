@@ -3,7 +3,7 @@
 //! configured by the shipped `proxy.toml` (memory store).
 //!
 //! ```text
-//! cargo run --release --example demo
+//! cargo run --bin sessiongate-demo
 //! curl -i -c jar -b jar -X POST 'http://127.0.0.1:8080/login?user=alice'
 //! curl -i -c jar -b jar http://127.0.0.1:8080/me
 //! curl -i -c jar -b jar -X POST 'http://127.0.0.1:8080/cart?item=book'
