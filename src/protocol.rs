@@ -82,8 +82,7 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// (RFC 9110 §7.6.1). Returns the `Upgrade` value when the message asked to upgrade
 /// (`Connection: upgrade`), so the caller can re-add it for a pass-through.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<http::HeaderValue> {
-    let mut upgrade_requested = false;
-    let upgrade = headers.get(header::UPGRADE).cloned();
+    let mut upgrade = None;
     if headers.contains_key(header::CONNECTION) {
         let nominated: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -94,25 +93,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<http::HeaderValue> {
             .collect();
         for name in nominated {
             if name == header::UPGRADE {
-                upgrade_requested = true;
+                upgrade = headers.get(header::UPGRADE).cloned();
+            } else {
+                headers.remove(&name);
             }
-            headers.remove(&name);
         }
     }
-    let upgrade = upgrade.filter(|_| upgrade_requested);
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
-    }
+    // One scan over the (usually few) headers; nothing to remove is the common case.
+    remove_where(headers, is_hop_by_hop);
     upgrade
 }
 

@@ -109,7 +109,8 @@ struct Ctx {
     started: Instant,
     now: u64,
     method: Method,
-    path: String,
+    /// The request target; only its path is ever logged.
+    uri: Uri,
     tls: bool,
     lookup: Lookup,
     outcome: Outcome,
@@ -258,7 +259,7 @@ impl Gate {
             started: Instant::now(),
             now: unix_now(),
             method: req.method().clone(),
-            path: req.uri().path().to_owned(),
+            uri: req.uri().clone(),
             tls,
             lookup: Lookup::Anonymous,
             outcome: Outcome::None,
@@ -747,7 +748,7 @@ impl Gate {
         info!(
             target: "sessiongate::access",
             method = %ctx.method,
-            path = %ctx.path,
+            path = ctx.uri.path(),
             status = status.as_u16(),
             duration_ms = ctx.started.elapsed().as_micros() as f64 / 1000.0,
             session = ctx.outcome.as_str(),
