@@ -4,21 +4,6 @@ mod support;
 
 use support::*;
 
-async fn admin_get(gate: &Gate, path: &str) -> (u16, String) {
-    let addr = gate.running.admin_addr.expect("admin listener configured");
-    let res = raw(
-        addr,
-        format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").as_bytes(),
-    )
-    .await;
-    let status = res[9..12].parse().unwrap();
-    let body = res
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
@@ -34,12 +19,9 @@ async fn health_readiness_and_metrics_endpoints_answer() {
         .run()
         .await;
     gate.get("/").await;
-    assert_eq!(admin_get(&gate, "/healthz").await, (200, "ok\n".to_owned()));
-    assert_eq!(
-        admin_get(&gate, "/readyz").await,
-        (200, "ready\n".to_owned())
-    );
-    let (status, text) = admin_get(&gate, "/metrics").await;
+    assert_eq!(gate.admin_get("/healthz").await, (200, "ok\n".to_owned()));
+    assert_eq!(gate.admin_get("/readyz").await, (200, "ready\n".to_owned()));
+    let (status, text) = gate.admin_get("/metrics").await;
     assert_eq!(status, 200);
     for name in [
         "# TYPE sessiongate_requests counter",
@@ -53,7 +35,7 @@ async fn health_readiness_and_metrics_endpoints_answer() {
     ] {
         assert!(text.contains(name), "{name} missing:\n{text}");
     }
-    assert_eq!(admin_get(&gate, "/nope").await.0, 404);
+    assert_eq!(gate.admin_get("/nope").await.0, 404);
     gate.join().await;
 }
 
@@ -70,7 +52,7 @@ async fn counters_move_with_traffic() {
     gate.get_with("/", &[("cookie", "session=forged")]).await;
     gate.get_with("/logout", &[("cookie", &cookie)]).await;
     gate.get_with("/", &[("cookie", &cookie)]).await;
-    let (_, text) = admin_get(&gate, "/metrics").await;
+    let (_, text) = gate.admin_get("/metrics").await;
     assert_eq!(
         metric(&text, "sessiongate_requests_total{status=\"200\"}"),
         5.0
@@ -117,7 +99,7 @@ async fn counters_move_with_traffic() {
         .run()
         .await;
     assert_eq!(gate.get("/").await.status, 502);
-    let (_, text) = admin_get(&gate, "/metrics").await;
+    let (_, text) = gate.admin_get("/metrics").await;
     assert_eq!(
         metric(
             &text,
@@ -163,20 +145,20 @@ async fn readyz_follows_the_store() {
         ))
         .run()
         .await;
-    assert_eq!(admin_get(&gate, "/readyz").await.0, 200);
+    assert_eq!(gate.admin_get("/readyz").await.0, 200);
     redis.kill();
     assert_eq!(
-        admin_get(&gate, "/readyz").await,
+        gate.admin_get("/readyz").await,
         (503, "store unavailable\n".to_owned())
     );
     assert_eq!(
-        admin_get(&gate, "/healthz").await.0,
+        gate.admin_get("/healthz").await.0,
         200,
         "liveness must not follow the store"
     );
     redis.restart();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
-    while admin_get(&gate, "/readyz").await.0 != 200 {
+    while gate.admin_get("/readyz").await.0 != 200 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "/readyz never came back"

@@ -57,7 +57,7 @@ async fn tampered_truncated_foreign_and_unknown_cookies_are_anonymous() {
         (foreign, "foreign key"),
     ];
     for (cookie, what) in &cases {
-        let before = store_ops(&gate).await;
+        let before = gate.store_ops().await;
         let res = gate.get_with("/", &[("cookie", cookie)]).await;
         assert_eq!(res.status, 200, "{what}");
         assert!(
@@ -70,7 +70,7 @@ async fn tampered_truncated_foreign_and_unknown_cookies_are_anonymous() {
         );
         assert_eq!(
             before,
-            store_ops(&gate).await,
+            gate.store_ops().await,
             "{what}: the store was read or written"
         );
     }
@@ -83,20 +83,6 @@ async fn tampered_truncated_foreign_and_unknown_cookies_are_anonymous() {
         "a signed cookie for a gone ID is cleared"
     );
     gate.join().await;
-}
-
-/// Store operations so far, from `sessiongate_store_seconds_count` on the admin listener.
-async fn store_ops(gate: &Gate) -> u64 {
-    let addr = gate.running.admin_addr.unwrap();
-    let text = raw(
-        addr,
-        b"GET /metrics HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
-    )
-    .await;
-    text.lines()
-        .filter(|l| l.starts_with("sessiongate_store_seconds_count"))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum()
 }
 
 #[tokio::test]

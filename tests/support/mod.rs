@@ -387,6 +387,31 @@ impl Gate {
         self.running.gate().store()
     }
 
+    /// `GET path` on the admin listener: (status, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let addr = self.running.admin_addr.expect("admin listener configured");
+        let res = raw(
+            addr,
+            format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        let status = res[9..12].parse().unwrap();
+        let body = res
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// Session store operations so far, from `sessiongate_store_seconds_count`.
+    pub async fn store_ops(&self) -> u64 {
+        let (_, text) = self.admin_get("/metrics").await;
+        text.lines()
+            .filter(|l| l.starts_with("sessiongate_store_seconds_count"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    }
+
     /// Stops the gate and re-raises any panic from its task.
     pub async fn join(self) {
         self.running.shutdown().await;
