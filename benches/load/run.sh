@@ -398,7 +398,9 @@ col() { # col SCENARIO TARGET FIELD -> median over rounds
 }
 
 echo
-echo "sessiongate load benchmark, $(date -u +%Y-%m-%d), $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)),"
+REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml 2>/dev/null || REV="$REV+local changes"
+echo "sessiongate load benchmark, $(date -u +%Y-%m-%d), commit $REV, $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)),"
 echo "median of $ROUNDS rounds x ${DURATION}s, wrk -t1 -c$CONNS on CPU $LOAD_CPU, servers on CPU $SERVER_CPU, no access logs."
 echo "CPU us/req is the proxy process only. 'vs nginx' = sessiongate / nginx-plain (req/s, p99, CPU)."
 echo
