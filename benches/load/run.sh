@@ -96,11 +96,15 @@ trap 'exit 130' INT TERM
 
 # free_port VAR: a TCP port on 127.0.0.1 that nothing listens on and that this script has
 # not handed out yet. (Sets VAR rather than printing: a $(...) subshell would lose the list.)
+# Ports come from below the kernel's ephemeral range, so that no outgoing connection of the
+# benchmark itself (wrk, the proxies' upstream pools) can be holding the port when we bind.
 USED_PORTS=" "
+EPHEMERAL_LOW=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+[ "$EPHEMERAL_LOW" -gt 12000 ] || EPHEMERAL_LOW=32768
 free_port() {
     local p
     for _ in $(seq 200); do
-        p=$((20000 + RANDOM % 30000))
+        p=$((10000 + RANDOM % (EPHEMERAL_LOW - 10000)))
         case "$USED_PORTS" in *" $p "*) continue ;; esac
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
             USED_PORTS+="$p "
