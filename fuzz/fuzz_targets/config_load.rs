@@ -19,7 +19,11 @@ fn well_formed(msg: &str) -> bool {
         return false;
     };
     let num = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && s != "0";
-    num(line) && num(col) && !line.starts_with('0') && !col.starts_with('0') && tail.starts_with(' ')
+    num(line)
+        && num(col)
+        && !line.starts_with('0')
+        && !col.starts_with('0')
+        && tail.starts_with(' ')
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -35,9 +39,18 @@ fuzz_target!(|data: &[u8]| {
         ConfigError::Located { line, col, .. } => {
             // The position is inside the text (or just past its end).
             let lines = text.split('\n').count();
-            assert!(*line >= 1 && *line <= lines, "line {line} of {lines}: {msg:?}");
-            let width = text.split('\n').nth(line - 1).map_or(0, |l| l.chars().count());
-            assert!(*col >= 1 && *col <= width + 1, "col {col} of {width}: {msg:?}");
+            assert!(
+                *line >= 1 && *line <= lines,
+                "line {line} of {lines}: {msg:?}"
+            );
+            let width = text
+                .split('\n')
+                .nth(line - 1)
+                .map_or(0, |l| l.chars().count());
+            assert!(
+                *col >= 1 && *col <= width + 1,
+                "col {col} of {width}: {msg:?}"
+            );
         }
         ConfigError::Unlocated { .. } => {}
         ConfigError::Io { .. } => panic!("parse never does I/O on the config path: {msg:?}"),

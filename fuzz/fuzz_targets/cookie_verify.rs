@@ -44,7 +44,11 @@ fn check_verify(value: &[u8]) -> Option<Verified> {
         } else {
             c.rotating.sign(&v.id)
         };
-        assert_eq!(canonical.as_bytes(), value, "accepted a non-canonical value");
+        assert_eq!(
+            canonical.as_bytes(),
+            value,
+            "accepted a non-canonical value"
+        );
         assert_eq!(c.other.verify(value), None, "a foreign key accepted it");
     }
     got
@@ -83,7 +87,10 @@ fn check_take_ours(data: &[u8], name: &str) {
         let rest = HeaderValue::from_bytes(rest).expect("the rest is a valid header value");
         let mut again = HeaderMap::new();
         again.insert(http::header::COOKIE, rest);
-        assert!(take_ours(&again, name).is_none(), "our cookie survived in the rest");
+        assert!(
+            take_ours(&again, name).is_none(),
+            "our cookie survived in the rest"
+        );
     }
 }
 

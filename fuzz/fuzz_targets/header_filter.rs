@@ -55,7 +55,11 @@ fuzz_target!(|data: &[u8]| {
             fold(name.as_str()).starts_with("x-session"),
             "has_reserved_prefix({name})"
         );
-        assert_eq!(reserved.contains(&name), reference(&name), "contains({name})");
+        assert_eq!(
+            reserved.contains(&name),
+            reference(&name),
+            "contains({name})"
+        );
         assert_eq!(is_hop_by_hop(&name), HOP_BY_HOP.contains(&name.as_str()));
         if let Ok(value) = HeaderValue::from_bytes(value.trim_ascii()) {
             headers.append(name, value);
