@@ -565,9 +565,12 @@ impl Gate {
                 cookie_sent: ctx.now,
                 ..expected.clone()
             };
+            let ttl = self.ttl_for(&next, ctx.now);
             match self
-                .store
-                .replace(&id, &expected, &next, self.ttl_for(&next, ctx.now))
+                .timed(
+                    StoreOp::replace,
+                    self.store.replace(&id, &expected, &next, ttl),
+                )
                 .await
             {
                 Ok(Cas::Applied) => return Ok(CookieOut::Set(id)),
@@ -670,9 +673,12 @@ impl Gate {
                 },
                 data: data.into(),
             };
+            let ttl = self.ttl_for(&next, ctx.now);
             match self
-                .store
-                .replace(&id, &expected, &next, self.ttl_for(&next, ctx.now))
+                .timed(
+                    StoreOp::replace,
+                    self.store.replace(&id, &expected, &next, ttl),
+                )
                 .await?
             {
                 Cas::Applied => {

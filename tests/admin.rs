@@ -50,18 +50,25 @@ async fn counters_move_with_traffic() {
     let cookie = gate.get("/login").await.session_cookie();
     gate.get_with("/", &[("cookie", &cookie)]).await;
     gate.get_with("/", &[("cookie", "session=forged")]).await;
+    gate.send(
+        http::Method::POST,
+        "/update",
+        &[("cookie", &cookie)],
+        r#"{"a":1}"#,
+    )
+    .await;
     gate.get_with("/logout", &[("cookie", &cookie)]).await;
     gate.get_with("/", &[("cookie", &cookie)]).await;
     let (_, text) = gate.admin_get("/metrics").await;
     assert_eq!(
         metric(&text, "sessiongate_requests_total{status=\"200\"}"),
-        5.0
+        6.0
     );
     assert_eq!(metric(&text, "sessiongate_sessions_created_total"), 1.0);
     assert_eq!(metric(&text, "sessiongate_sessions_destroyed_total"), 1.0);
     assert_eq!(
         metric(&text, "sessiongate_session_lookups_total{result=\"hit\"}"),
-        2.0
+        3.0
     );
     assert_eq!(
         metric(&text, "sessiongate_session_lookups_total{result=\"miss\"}"),
@@ -80,9 +87,13 @@ async fn counters_move_with_traffic() {
     );
     assert_eq!(
         metric(&text, "sessiongate_store_seconds_count{op=\"load\"}"),
-        3.0
+        4.0
     );
-    assert_eq!(metric(&text, "sessiongate_upstream_seconds_count"), 5.0);
+    assert_eq!(
+        metric(&text, "sessiongate_store_seconds_count{op=\"replace\"}"),
+        1.0
+    );
+    assert_eq!(metric(&text, "sessiongate_upstream_seconds_count"), 6.0);
     assert_eq!(metric(&text, "sessiongate_in_flight_requests"), 0.0);
     for secret_ish in [&cookie["session=".len()..], "forged", SECRET] {
         assert!(!text.contains(secret_ish), "metrics leak {secret_ish}");

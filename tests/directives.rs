@@ -350,3 +350,26 @@ async fn upstream_hop_by_hop_headers_end_at_the_proxy() {
     assert_eq!(res.header("x-kept"), Some("1"));
     gate.join().await;
 }
+
+/// Numbers survive the store and later merges exactly (serde_json `float_roundtrip`).
+// See: fuzz target `directives`, input `{"n":4.5e300}`.
+#[tokio::test]
+async fn large_floats_round_trip_exactly() {
+    trace_init();
+    let app = upstream(|req| match req.path.as_str() {
+        "/login" => Reply::ok().header("x-session-set", r#"{"n":4.5e300,"m":1.03e50,"f":0.1}"#),
+        "/touch" => Reply::ok().header("x-session-update", r#"{"x":1}"#),
+        _ => Reply::ok(),
+    })
+    .await;
+    let gate = gate(app.addr).run().await;
+    let cookie = gate.get("/login").await.session_cookie();
+    let want = serde_json::json!({"n":4.5e300,"m":1.03e50,"f":0.1});
+    assert_eq!(data_seen(&gate, &app, &cookie).await.unwrap(), want);
+    gate.get_with("/touch", &[("cookie", &cookie)]).await;
+    let data = data_seen(&gate, &app, &cookie).await.unwrap();
+    assert_eq!(data["n"], want["n"]);
+    assert_eq!(data["m"], want["m"]);
+    assert_eq!(data["f"], want["f"]);
+    gate.join().await;
+}
