@@ -94,9 +94,9 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/sessiongate-load.XXXXXX")
 PIDS=()
 
 stop_pid() {
-    local pid=$1 i
+    local pid=$1
     kill -TERM "$pid" 2>/dev/null || return 0
-    for i in $(seq 50); do
+    for _ in $(seq 50); do
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
@@ -188,8 +188,7 @@ start_gate() { # start_gate NAME PORT ADMIN_PORT STORE_LINES (\n between lines);
         taskset -c "$SERVER_CPU" "$BIN" -c "$TMP/$name.toml" >"$TMP/$name.log" 2>&1 &
     GATE_PID=$!
     PIDS+=("$GATE_PID")
-    local i
-    for i in $(seq 100); do
+    for _ in $(seq 100); do
         curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$admin/healthz" && return 0
         kill -0 "$GATE_PID" 2>/dev/null || break
         sleep 0.1
@@ -303,7 +302,6 @@ free_port GATE_PORT
 free_port GATE_ADMIN
 
 start_nginx upstream "$HERE/upstream.conf.in" "UPSTREAM_PORT=$UPSTREAM_PORT"
-UPSTREAM_WORKER=$NGINX_WORKER
 wait_http "$UPSTREAM_PORT" /
 start_nginx proxy "$HERE/nginx-proxy.conf.in" "UPSTREAM_PORT=$UPSTREAM_PORT" "PROXY_PORT=$PROXY_PORT"
 PROXY_WORKER=$NGINX_WORKER
