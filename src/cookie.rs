@@ -136,53 +136,70 @@ fn trim(s: &[u8]) -> &[u8] {
     s.trim_ascii()
 }
 
-/// Builds `Set-Cookie` values for the configured cookie attributes.
+/// Builds `Set-Cookie` values for the configured cookie attributes. The attributes are
+/// rendered once by the `cookie` crate; setting a cookie then only joins three strings.
 #[derive(Debug, Clone)]
 pub struct SetCookieBuilder {
-    settings: CookieSettings,
-    name: String,
-    max_age_sec: u64,
+    /// `NAME=`
+    prefix: String,
+    /// `; HttpOnly; SameSite=…; Path=…; Max-Age=…` as the `cookie` crate renders them.
+    suffix: String,
+    /// The whole clearing header: empty value, `Max-Age=0`, same Path and Domain.
+    clear: HeaderValue,
 }
 
 impl SetCookieBuilder {
     /// A builder for cookie `name` with `Max-Age = max_age_sec`.
     pub fn new(name: &str, settings: CookieSettings, max_age_sec: u64) -> Self {
+        let render = |value: &'static str, max_age: i64| {
+            let mut c = cookie::Cookie::build((name.to_owned(), value))
+                .path(settings.path.clone())
+                .http_only(settings.http_only)
+                .secure(settings.secure)
+                .same_site(match settings.same_site {
+                    SameSite::Strict => cookie::SameSite::Strict,
+                    SameSite::Lax => cookie::SameSite::Lax,
+                    SameSite::None => cookie::SameSite::None,
+                })
+                .max_age(cookie::time::Duration::seconds(max_age));
+            if !settings.domain.is_empty() {
+                c = c.domain(settings.domain.clone());
+            }
+            c.build().to_string()
+        };
+        // Render with a placeholder value and cut around it: `NAME=` + value + attributes.
+        let template = render("V", i64::try_from(max_age_sec).unwrap_or(i64::MAX));
+        let prefix = format!("{name}=");
+        let suffix = template
+            .strip_prefix(&format!("{prefix}V"))
+            .expect("the cookie crate renders NAME=VALUE first")
+            .to_owned();
+        let mut clear = HeaderValue::try_from(render("", 0))
+            .expect("validated cookie attributes form a valid header value");
+        clear.set_sensitive(true);
         Self {
-            settings,
-            name: name.to_owned(),
-            max_age_sec,
+            prefix,
+            suffix,
+            clear,
         }
     }
 
-    fn render(&self, value: String, max_age: i64) -> HeaderValue {
-        let mut c = cookie::Cookie::build((self.name.clone(), value))
-            .path(self.settings.path.clone())
-            .http_only(self.settings.http_only)
-            .secure(self.settings.secure)
-            .same_site(match self.settings.same_site {
-                SameSite::Strict => cookie::SameSite::Strict,
-                SameSite::Lax => cookie::SameSite::Lax,
-                SameSite::None => cookie::SameSite::None,
-            })
-            .max_age(cookie::time::Duration::seconds(max_age));
-        if !self.settings.domain.is_empty() {
-            c = c.domain(self.settings.domain.clone());
-        }
-        let mut v = HeaderValue::try_from(c.build().to_string())
-            .expect("validated cookie attributes form a valid header value");
+    /// `Set-Cookie` that sets the session cookie to `value` (an `ID.SIG` from [`CookieCodec`]).
+    pub fn set(&self, value: String) -> HeaderValue {
+        let mut text = String::with_capacity(self.prefix.len() + value.len() + self.suffix.len());
+        text.push_str(&self.prefix);
+        text.push_str(&value);
+        text.push_str(&self.suffix);
+        let mut v = HeaderValue::try_from(text)
+            .expect("validated cookie attributes and a base64url value form a valid header value");
         v.set_sensitive(true);
         v
-    }
-
-    /// `Set-Cookie` that sets the session cookie to `value`.
-    pub fn set(&self, value: String) -> HeaderValue {
-        self.render(value, i64::try_from(self.max_age_sec).unwrap_or(i64::MAX))
     }
 
     /// `Set-Cookie` that clears the session cookie: same name, Path and Domain, empty
     /// value, `Max-Age=0`.
     pub fn clear(&self) -> HeaderValue {
-        self.render(String::new(), 0)
+        self.clear.clone()
     }
 }
 

@@ -49,6 +49,30 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// The client end of a connection, as every request on it needs it.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The peer's address.
+    pub addr: SocketAddr,
+    /// Its IP as a header value, for `X-Forwarded-For` (formatted once per connection).
+    ip_header: HeaderValue,
+    /// True when the connection is TLS.
+    pub tls: bool,
+}
+
+impl Peer {
+    /// The peer at `addr`, over TLS when `tls`.
+    pub fn new(addr: SocketAddr, tls: bool) -> Self {
+        let ip_header = HeaderValue::from_str(&addr.ip().to_string())
+            .expect("an IP address is a valid header value");
+        Self {
+            addr,
+            ip_header,
+            tls,
+        }
+    }
+}
+
 /// What became of the request's session; the `session` field of the access event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -246,14 +270,13 @@ impl Gate {
         result
     }
 
-    /// Serves one request from `peer`, which came over TLS when `tls`. Never fails: errors
-    /// become short plain responses.
+    /// Serves one request from `peer`. Never fails: errors become short plain responses.
     pub async fn handle(
         self: &Arc<Self>,
         req: Request<Incoming>,
-        peer: SocketAddr,
-        tls: bool,
+        peer: Peer,
     ) -> Result<Response<Body>, Infallible> {
+        let tls = peer.tls;
         let http1 = req.version() <= Version::HTTP_11;
         let mut ctx = Ctx {
             started: Instant::now(),
@@ -303,7 +326,7 @@ impl Gate {
         self: &Arc<Self>,
         ctx: &mut Ctx,
         mut req: Request<Incoming>,
-        peer: SocketAddr,
+        peer: Peer,
     ) -> Result<Response<Body>, GateError> {
         let client_upgrade = wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
@@ -431,7 +454,7 @@ impl Gate {
         ctx: &Ctx,
         mut parts: http::request::Parts,
         body: Incoming,
-        peer: SocketAddr,
+        peer: Peer,
     ) -> Result<Request<Incoming>, GateError> {
         let headers = &mut parts.headers;
         let host = headers.get(header::HOST).cloned().or_else(|| {
@@ -444,9 +467,11 @@ impl Gate {
             headers.insert(header::HOST, h.clone());
         }
 
-        let trusted = self.trusted_proxies.iter().any(|c| c.contains(peer.ip()));
-        let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
-            .expect("an IP address is a valid header value");
+        let trusted = self
+            .trusted_proxies
+            .iter()
+            .any(|c| c.contains(peer.addr.ip()));
+        let peer_ip = peer.ip_header;
         let xff = match headers.get(&X_FORWARDED_FOR) {
             Some(prev) if trusted => {
                 let mut v = prev.as_bytes().to_vec();
@@ -806,6 +831,10 @@ async fn bridge(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
 
 /// SPEC §6: a response that sets or clears our cookie is never stored by a shared cache.
 fn make_private(headers: &mut HeaderMap) {
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+        return;
+    }
     let mut directives: Vec<String> = headers
         .get_all(header::CACHE_CONTROL)
         .iter()

@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 use crate::admin::{self, Admin};
 use crate::config::{Config, StoreKind};
 use crate::metrics::Metrics;
-use crate::proxy::Gate;
+use crate::proxy::{Gate, Peer};
 use crate::secrets::Secrets;
 use crate::store::{MemoryStore, RedisStore, SessionStore, Store, StoreError};
 use crate::tls::{Reloadable, TlsError};
@@ -306,9 +306,11 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let gate = gate.clone();
         let service = move |tls: bool| {
+            let peer = Peer::new(peer, tls);
             service_fn(move |req| {
                 let gate = gate.clone();
-                async move { gate.handle(req, peer, tls).await }
+                let peer = peer.clone();
+                async move { gate.handle(req, peer).await }
             })
         };
         match &tls {
