@@ -581,7 +581,7 @@ impl Gate {
             Lookup::Gone => return Ok(CookieOut::Clear),
             Lookup::Active { id, rec, rotated } => (*id, rec.clone(), *rotated),
         };
-        if !rotated && ctx.now.saturating_sub(rec.cookie_sent) < self.cookie_refresh_sec {
+        if !self.cookie_due(&rec, rotated, ctx.now) {
             return Ok(CookieOut::Keep);
         }
         let mut expected = rec;
@@ -622,18 +622,10 @@ impl Gate {
         let in_place = current.is_some() && (d.set.is_none() || !self.regenerate_on_set);
 
         // Validate everything before the first write (SPEC §6: nothing half-applied).
-        let start = match (&d.set, &current) {
-            (Some(set), _) => set.clone(),
-            (None, Some((_, rec))) => parse_data(&rec.data),
-            (None, None) => Map::new(),
-        };
-        let data = match &d.update {
-            Some(update) => self.merged(start, update, "X-Session-Update")?,
-            None => self.sized(&start, "X-Session-Set")?,
-        };
+        let data = self.new_data(&d, current.as_ref().map(|(_, rec)| &*rec.data))?;
 
         if let Some((id, rec)) = current.filter(|_| in_place) {
-            return self.apply_in_place(ctx, id, rec, &d).await;
+            return self.apply_in_place(ctx, id, rec, &d, data).await;
         }
         if d.set.is_none() && d.update.is_none() {
             // Destroy alone.
@@ -666,29 +658,23 @@ impl Gate {
 
     /// Set (without regeneration) or Update on the current session, keeping its ID.
     /// A compare-and-set loop, so concurrent updates are merged, never lost, and a
-    /// concurrent Destroy wins.
+    /// concurrent Destroy wins. `data` is the result already computed for `expected`.
     async fn apply_in_place(
         &self,
         ctx: &mut Ctx,
         id: SessionId,
         mut expected: Record,
         d: &Directives,
+        mut data: String,
     ) -> Result<CookieOut, GateError> {
         let send_cookie = match &ctx.lookup {
-            Lookup::Active { rotated, rec, .. } => {
-                *rotated || ctx.now.saturating_sub(rec.cookie_sent) >= self.cookie_refresh_sec
-            }
+            Lookup::Active { rotated, rec, .. } => self.cookie_due(rec, *rotated, ctx.now),
             _ => false,
         };
-        for _ in 0..CAS_ATTEMPTS {
-            let start = match &d.set {
-                Some(set) => set.clone(),
-                None => parse_data(&expected.data),
-            };
-            let data = match &d.update {
-                Some(update) => self.merged(start, update, "X-Session-Update")?,
-                None => self.sized(&start, "X-Session-Set")?,
-            };
+        for attempt in 0..CAS_ATTEMPTS {
+            if attempt > 0 {
+                data = self.new_data(d, Some(&expected.data))?;
+            }
             let next = Record {
                 created: expected.created,
                 cookie_sent: if send_cookie {
@@ -696,7 +682,7 @@ impl Gate {
                 } else {
                     expected.cookie_sent
                 },
-                data: data.into(),
+                data: Arc::from(data.as_str()),
             };
             let ttl = self.ttl_for(&next, ctx.now);
             match self
@@ -725,6 +711,26 @@ impl Gate {
         Err(GateError::Store(StoreError::Unavailable(
             "session kept changing under concurrent updates".into(),
         )))
+    }
+
+    /// True when the cookie must be re-sent on this response: it was signed with a
+    /// previous key, or `cookie_refresh_sec` has passed since it was last sent.
+    fn cookie_due(&self, rec: &Record, rotated: bool, now: u64) -> bool {
+        rotated || now.saturating_sub(rec.cookie_sent) >= self.cookie_refresh_sec
+    }
+
+    /// The session data after `d`'s Set and Update, starting from `current` data (none
+    /// for a new session), serialized and checked against `max_bytes`.
+    fn new_data(&self, d: &Directives, current: Option<&str>) -> Result<String, DirectiveError> {
+        let start = match (&d.set, current) {
+            (Some(set), _) => set.clone(),
+            (None, Some(data)) => parse_data(data),
+            (None, None) => Map::new(),
+        };
+        match &d.update {
+            Some(update) => self.merged(start, update, "X-Session-Update"),
+            None => self.sized(&start, "X-Session-Set"),
+        }
     }
 
     fn merged(
