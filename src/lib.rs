@@ -27,3 +27,4 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod token;
+pub mod upstream;

@@ -20,10 +20,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value};
 use tracing::{debug, info, warn};
 
@@ -36,9 +33,10 @@ use crate::secrets::Secrets;
 use crate::session::{Record, SessionId, merge_object, unix_now};
 use crate::store::{Cas, SessionStore, Store, StoreError};
 use crate::token::{self, TokenSigner};
+use crate::upstream::{Upstream, UpstreamBody};
 
 /// The body of every response the proxy sends: the upstream's, streamed, or its own.
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub type Body = Either<UpstreamBody, Full<Bytes>>;
 
 /// How often a compare-and-set is retried against concurrent writers before giving up.
 const CAS_ATTEMPTS: usize = 8;
@@ -142,8 +140,8 @@ struct Ctx {
 
 /// The proxy: configuration turned into ready-to-use parts, shared by every connection.
 pub struct Gate {
-    upstream_scheme: http::uri::Scheme,
-    upstream_authority: http::uri::Authority,
+    upstream: Arc<Upstream>,
+    upstream_authority: HeaderValue,
     upstream_timeout: Duration,
     trusted_proxies: Vec<crate::config::Cidr>,
     underscores_in_headers: bool,
@@ -162,7 +160,6 @@ pub struct Gate {
     signer: TokenSigner,
     set_cookie: SetCookieBuilder,
     store: Store,
-    client: Client<HttpsConnector<HttpConnector>, Incoming>,
     metrics: Arc<Metrics>,
     draining: AtomicBool,
 }
@@ -170,7 +167,7 @@ pub struct Gate {
 impl std::fmt::Debug for Gate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gate")
-            .field("upstream", &self.upstream_authority)
+            .field("upstream", &self.upstream)
             .finish_non_exhaustive()
     }
 }
@@ -186,10 +183,6 @@ impl Gate {
         store: Store,
         metrics: Arc<Metrics>,
     ) -> Result<Self, crate::tls::TlsError> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.server.upstream_timeout));
-        connector.enforce_http(false);
         let tls = if config.server.upstream.scheme == http::uri::Scheme::HTTPS {
             crate::tls::client_config(config.server.upstream_ca.as_deref())?
         } else {
@@ -202,19 +195,17 @@ impl Gate {
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth()
         };
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(connector);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+        let upstream = &config.server.upstream;
         let forward_names = std::iter::once(&config.forward.header)
             .chain(config.forward.headers.iter().map(|(h, _)| h));
         Ok(Self {
-            upstream_scheme: config.server.upstream.scheme.clone(),
-            upstream_authority: config.server.upstream.authority.clone(),
+            upstream: Arc::new(Upstream::new(
+                &upstream.scheme,
+                upstream.authority.clone(),
+                tls,
+            )),
+            upstream_authority: HeaderValue::from_str(upstream.authority.as_str())
+                .expect("a URI authority is a valid header value"),
             upstream_timeout: config.server.upstream_timeout,
             trusted_proxies: config.server.trusted_proxies.clone(),
             underscores_in_headers: config.server.underscores_in_headers,
@@ -237,7 +228,6 @@ impl Gate {
                 config.session.ttl_sec,
             ),
             store,
-            client,
             metrics,
             draining: AtomicBool::new(false),
         })
@@ -331,15 +321,15 @@ impl Gate {
         let client_upgrade = wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         self.on_request(ctx, &mut parts.headers).await?;
-        let upstream_req = self.to_upstream(ctx, parts, body, peer)?;
+        let upstream_req = self.to_upstream(ctx, parts, body, peer);
 
         let sent = Instant::now();
         let mut res =
-            match tokio::time::timeout(self.upstream_timeout, self.client.request(upstream_req))
+            match tokio::time::timeout(self.upstream_timeout, self.upstream.send(upstream_req))
                 .await
             {
                 Err(_) => return Err(GateError::UpstreamTimeout(self.upstream_timeout)),
-                Ok(Err(e)) if is_client_body_error(&e) => {
+                Ok(Err(e)) if e.is_client_body() => {
                     return Err(GateError::ClientBody(Box::new(e)));
                 }
                 Ok(Err(e)) => return Err(GateError::Upstream(Box::new(e))),
@@ -455,16 +445,20 @@ impl Gate {
         mut parts: http::request::Parts,
         body: Incoming,
         peer: Peer,
-    ) -> Result<Request<Incoming>, GateError> {
+    ) -> Request<Incoming> {
         let headers = &mut parts.headers;
+        // The client's Host (HTTP/2: its :authority) goes on; without one, the upstream's.
         let host = headers.get(header::HOST).cloned().or_else(|| {
             parts
                 .uri
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        if let (None, Some(h)) = (headers.get(header::HOST), &host) {
-            headers.insert(header::HOST, h.clone());
+        if headers.get(header::HOST).is_none() {
+            let h = host
+                .clone()
+                .unwrap_or_else(|| self.upstream_authority.clone());
+            headers.insert(header::HOST, h);
         }
 
         let trusted = self
@@ -514,13 +508,14 @@ impl Gate {
             }
         }
 
-        let mut uri = Uri::builder()
-            .scheme(self.upstream_scheme.clone())
-            .authority(self.upstream_authority.clone());
-        uri = uri.path_and_query(parts.uri.path_and_query().map_or("/", |pq| pq.as_str()));
-        parts.uri = uri.build().map_err(|e| GateError::Upstream(Box::new(e)))?;
+        // Origin form: the connection already goes to the upstream.
+        parts.uri = match parts.uri.path_and_query() {
+            Some(pq) if pq.as_str().starts_with('/') => Uri::from(pq.clone()),
+            Some(pq) if pq.as_str() == "*" => Uri::from(pq.clone()),
+            _ => Uri::from_static("/"),
+        };
         parts.version = Version::HTTP_11;
-        Ok(Request::from_parts(parts, body))
+        Request::from_parts(parts, body)
     }
 
     /// Phase 3: apply the upstream's directives and shape the response headers.
@@ -797,19 +792,6 @@ impl Gate {
 /// corrupt value (impossible short of a foreign writer) reads as empty.
 fn parse_data(data: &str) -> Map<String, Value> {
     serde_json::from_str(data).unwrap_or_default()
-}
-
-/// True when forwarding failed because the client's body failed (hyper reports a body
-/// stream error while writing the request as a "user body" error), not the upstream.
-fn is_client_body_error(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(err) = source {
-        if let Some(h) = err.downcast_ref::<hyper::Error>() {
-            return h.is_user();
-        }
-        source = err.source();
-    }
-    false
 }
 
 /// True when the request asks to switch protocols (`Connection: upgrade` + `Upgrade`).

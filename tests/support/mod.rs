@@ -95,6 +95,7 @@ type Handler = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
 pub struct Upstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -112,6 +113,11 @@ impl Upstream {
     pub fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
     }
+
+    /// How many TCP connections the upstream has accepted.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 impl Drop for Upstream {
@@ -127,11 +133,14 @@ pub async fn upstream(handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) 
     let seen = Arc::new(Mutex::new(Vec::new()));
     let handler: Handler = Arc::new(handler);
     let recorded = seen.clone();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let accepted = connections.clone();
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
+            accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let handler = handler.clone();
             let recorded = recorded.clone();
             tokio::spawn(async move {
@@ -174,7 +183,12 @@ pub async fn upstream(handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) 
             });
         }
     });
-    Upstream { addr, seen, task }
+    Upstream {
+        addr,
+        seen,
+        connections,
+        task,
+    }
 }
 
 /// The usual application: `/login` sets a session, `/logout` destroys it, `/update` patches

@@ -1,0 +1,269 @@
+//! The upstream client: keep-alive HTTP/1.1 connections to the one upstream, kept in a
+//! LIFO pool of hyper's connection-level senders.
+//!
+//! A connection goes back to the pool when the response body it carried has been read to
+//! its end (the [`UpstreamBody`] wrapper does that when it is dropped); a response dropped
+//! early, a 101 (the connection then belongs to the upgraded stream) or an error retires
+//! it. A request that a pooled connection closed before sending (the upstream's keep-alive
+//! timeout raced us) is retried on the next connection, since nothing of it left the proxy.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::uri::{Authority, Scheme};
+use http::{Request, Response};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tracing::debug;
+
+/// How long an idle pooled connection is kept before it is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a request could not be exchanged with the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be opened.
+    #[error("cannot connect to {authority}: {source}")]
+    Connect {
+        /// The upstream.
+        authority: Authority,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS handshake with an https upstream failed.
+    #[error("TLS handshake with {authority} failed: {source}")]
+    Tls {
+        /// The upstream.
+        authority: Authority,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The exchange broke: a protocol error, a closed connection, or the client's body.
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
+impl UpstreamError {
+    /// True when the client's request body failed while it was being forwarded (hyper
+    /// reports that as a user body error), not the upstream.
+    pub fn is_client_body(&self) -> bool {
+        matches!(self, UpstreamError::Http(e) if e.is_user())
+    }
+}
+
+struct Idle {
+    sender: SendRequest<Incoming>,
+    since: Instant,
+}
+
+/// The connection pool for one upstream. Shared by all connections of the proxy.
+pub struct Upstream {
+    authority: Authority,
+    host: String,
+    port: u16,
+    tls: Option<TlsConnector>,
+    idle: Mutex<VecDeque<Idle>>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("authority", &self.authority)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upstream {
+    /// The pool for `scheme://authority`; `tls` is the client config used when the scheme
+    /// is https.
+    pub fn new(scheme: &Scheme, authority: Authority, tls: rustls::ClientConfig) -> Self {
+        let https = *scheme == Scheme::HTTPS;
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let tls = https.then(|| {
+            let mut config = tls;
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            TlsConnector::from(Arc::new(config))
+        });
+        Self {
+            authority,
+            host,
+            port,
+            tls,
+            idle: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Sends `req` (origin-form URI, `Host` set) on a pooled or new connection.
+    ///
+    /// # Errors
+    /// When no connection can be opened or the exchange fails.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        while let Some(mut sender) = self.checkout() {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(res) => return Ok(self.wrap(res, sender)),
+                Err(mut e) => match e.take_message() {
+                    // Never written: the connection closed under it; try the next one.
+                    Some(back) => {
+                        debug!(error = %e.error(), "pooled upstream connection closed; retrying");
+                        req = back;
+                    }
+                    None => return Err(e.into_error().into()),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        let res = sender.send_request(req).await?;
+        Ok(self.wrap(res, sender))
+    }
+
+    fn wrap(
+        self: &Arc<Self>,
+        res: Response<Incoming>,
+        sender: SendRequest<Incoming>,
+    ) -> Response<UpstreamBody> {
+        // After a 101 the connection belongs to the upgraded stream: never reuse it.
+        let pooled =
+            (res.status() != http::StatusCode::SWITCHING_PROTOCOLS).then(|| (sender, self.clone()));
+        res.map(|inner| UpstreamBody { inner, pooled })
+    }
+
+    /// The most recently used idle connection that is still open.
+    fn checkout(&self) -> Option<SendRequest<Incoming>> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(Idle { sender, since }) = idle.pop_back() {
+            if !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, sender: SendRequest<Incoming>) {
+        if sender.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        // The front holds the longest idle: close those past the idle timeout.
+        while idle
+            .front()
+            .is_some_and(|i| i.sender.is_closed() || now - i.since >= IDLE_TIMEOUT)
+        {
+            idle.pop_front();
+        }
+        idle.push_back(Idle { sender, since: now });
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Incoming>, UpstreamError> {
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|source| UpstreamError::Connect {
+                authority: self.authority.clone(),
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let builder = http1::Builder::new();
+        match &self.tls {
+            None => {
+                let (sender, conn) = builder.handshake(TokioIo::new(tcp)).await?;
+                tokio::spawn(drive(conn.with_upgrades()));
+                Ok(sender)
+            }
+            Some(connector) => {
+                let tls_error = |source| UpstreamError::Tls {
+                    authority: self.authority.clone(),
+                    source,
+                };
+                let name = ServerName::try_from(self.host.clone())
+                    .map_err(|e| tls_error(std::io::Error::other(e)))?;
+                let stream = connector.connect(name, tcp).await.map_err(tls_error)?;
+                let (sender, conn) = builder.handshake(TokioIo::new(stream)).await?;
+                tokio::spawn(drive(conn.with_upgrades()));
+                Ok(sender)
+            }
+        }
+    }
+}
+
+/// Runs one upstream connection until it closes.
+async fn drive(conn: impl Future<Output = hyper::Result<()>>) {
+    if let Err(e) = conn.await {
+        debug!(error = %e, "upstream connection ended with an error");
+    }
+}
+
+/// A response body from the upstream. Once it has been read to its end, dropping it
+/// returns its connection to the pool; dropped early, it closes the connection.
+pub struct UpstreamBody {
+    inner: Incoming,
+    pooled: Option<(SendRequest<Incoming>, Arc<Upstream>)>,
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody").finish_non_exhaustive()
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            // Read to the end: the connection is idle again.
+            if let Some((sender, pool)) = this.pooled.take() {
+                pool.checkin(sender);
+            }
+        }
+        if let Poll::Ready(Some(Err(_))) = polled {
+            this.pooled = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // A body whose last frame was read (or that had none) leaves its connection idle.
+        if let Some((sender, pool)) = self.pooled.take()
+            && self.inner.is_end_stream()
+        {
+            pool.checkin(sender);
+        }
+    }
+}
