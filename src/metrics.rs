@@ -95,10 +95,11 @@ struct KindLabel {
 pub struct Metrics {
     registry: Registry,
     requests: Family<StatusLabel, Counter>,
-    lookups: Family<LookupLabel, Counter>,
     created: Counter,
     destroyed: Counter,
-    store_seconds: Family<OpLabel, Histogram>,
+    /// The fixed-label series, looked up once: `lookups` by result, `store_seconds` by op.
+    lookup_counters: [Counter; 4],
+    store_histograms: [Histogram; 4],
     upstream_errors: Family<KindLabel, Counter>,
     upstream_seconds: Histogram,
     in_flight: Gauge,
@@ -154,22 +155,20 @@ impl Metrics {
         registry.register(IN_FLIGHT, "Requests being served", in_flight.clone());
         // Every label value exists from the start, so dashboards and rate() see zeros
         // rather than absent series.
-        for result in [
+        let lookup_counters = [
             LookupResult::hit,
             LookupResult::miss,
             LookupResult::invalid,
             LookupResult::error,
-        ] {
-            let _ = lookups.get_or_create(&LookupLabel { result });
-        }
-        for op in [
+        ]
+        .map(|result| lookups.get_or_create(&LookupLabel { result }).clone());
+        let store_histograms = [
             StoreOp::load,
             StoreOp::create,
             StoreOp::replace,
             StoreOp::delete,
-        ] {
-            let _ = store_seconds.get_or_create(&OpLabel { op });
-        }
+        ]
+        .map(|op| store_seconds.get_or_create(&OpLabel { op }).clone());
         for kind in [
             UpstreamError::unreachable,
             UpstreamError::timeout,
@@ -180,10 +179,10 @@ impl Metrics {
         Self {
             registry,
             requests,
-            lookups,
             created,
             destroyed,
-            store_seconds,
+            lookup_counters,
+            store_histograms,
             upstream_errors,
             upstream_seconds,
             in_flight,
@@ -214,7 +213,7 @@ impl Metrics {
 
     /// A cookie was looked up.
     pub fn lookup(&self, result: LookupResult) {
-        self.lookups.get_or_create(&LookupLabel { result }).inc();
+        self.lookup_counters[result as usize].inc();
     }
 
     /// A session was destroyed outside a Destroy directive (absolute TTL).
@@ -224,9 +223,7 @@ impl Metrics {
 
     /// A store operation took `elapsed`.
     pub fn store(&self, op: StoreOp, elapsed: Duration) {
-        self.store_seconds
-            .get_or_create(&OpLabel { op })
-            .observe(elapsed.as_secs_f64());
+        self.store_histograms[op as usize].observe(elapsed.as_secs_f64());
     }
 
     /// The upstream failed.

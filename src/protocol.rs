@@ -64,18 +64,34 @@ impl ReservedNames {
 
 /// Hop-by-hop headers of RFC 9110 §7.6.1 and RFC 2616 §13.5.1, plus `proxy-connection`.
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    hop_by_hop_bytes(name.as_str().as_bytes())
+}
+
+fn hop_by_hop_bytes(lower: &[u8]) -> bool {
     matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
+        lower,
+        b"connection"
+            | b"keep-alive"
+            | b"proxy-connection"
+            | b"proxy-authenticate"
+            | b"proxy-authorization"
+            | b"te"
+            | b"trailer"
+            | b"transfer-encoding"
+            | b"upgrade"
     )
+}
+
+/// True for a `Connection` token that names nothing to remove beyond the hop-by-hop set
+/// (`close`, `keep-alive`, ...), compared without regard to case.
+fn is_hop_by_hop_token(token: &str) -> bool {
+    let mut buf = [0u8; 24];
+    let Some(lower) = buf.get_mut(..token.len()) else {
+        return false;
+    };
+    lower.copy_from_slice(token.as_bytes());
+    lower.make_ascii_lowercase();
+    lower == b"close" || hop_by_hop_bytes(lower)
 }
 
 /// Removes the hop-by-hop headers and every header that `Connection` nominates
@@ -84,19 +100,30 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<http::HeaderValue> {
     let mut upgrade = None;
     if headers.contains_key(header::CONNECTION) {
-        let nominated: Vec<HeaderName> = headers
+        // `keep-alive`, `close` and the other hop-by-hop names go anyway: only other
+        // nominated names are collected (the common case allocates nothing).
+        let mut nominated: Vec<HeaderName> = Vec::new();
+        let mut wants_upgrade = false;
+        let tokens = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::try_from(t.trim()).ok())
-            .collect();
-        for name in nominated {
-            if name == header::UPGRADE {
-                upgrade = headers.get(header::UPGRADE).cloned();
-            } else {
-                headers.remove(&name);
+            .map(str::trim);
+        for token in tokens {
+            if token.eq_ignore_ascii_case("upgrade") {
+                wants_upgrade = true;
+            } else if !is_hop_by_hop_token(token)
+                && let Ok(name) = HeaderName::try_from(token)
+            {
+                nominated.push(name);
             }
+        }
+        if wants_upgrade {
+            upgrade = headers.get(header::UPGRADE).cloned();
+        }
+        for name in nominated {
+            headers.remove(&name);
         }
     }
     // One scan over the (usually few) headers; nothing to remove is the common case.
@@ -104,13 +131,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<http::HeaderValue> {
     upgrade
 }
 
-/// Removes every header for which `drop` is true. Allocates only when one matches.
+/// Removes every header for which `drop` is true. Allocates only when two or more match.
 pub fn remove_where(headers: &mut HeaderMap, mut drop: impl FnMut(&HeaderName) -> bool) {
-    if !headers.keys().any(&mut drop) {
+    let mut doomed = headers.keys().filter(|n| drop(n)).cloned();
+    let Some(first) = doomed.next() else {
         return;
-    }
-    let doomed: Vec<HeaderName> = headers.keys().filter(|n| drop(n)).cloned().collect();
-    for name in doomed {
+    };
+    // A single match (the common case: `connection`) needs no list.
+    let rest: Vec<HeaderName> = doomed.collect();
+    headers.remove(first);
+    for name in rest {
         headers.remove(name);
     }
 }

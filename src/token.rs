@@ -7,6 +7,8 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
+use std::io::Write as _;
+
 use http::HeaderValue;
 use serde_json::Value;
 use sha2::Sha256;
@@ -39,33 +41,55 @@ impl TokenSigner {
     /// The token for session `id` with `data` (a JSON object's text), issued at `now`.
     pub fn mint(&self, id: &SessionId, data: &str, now: u64) -> HeaderValue {
         let id = id.encode();
-        let mut claims = String::with_capacity(data.len() + 128);
-        claims.push_str(r#"{"iss":""#);
-        claims.push_str(ISSUER);
-        claims.push_str(r#"","sid":""#);
-        claims.push_str(id.as_str());
-        claims.push_str(r#"","data":"#);
-        claims.push_str(data);
-        claims.push_str(r#","iat":"#);
-        claims.push_str(itoa::Buffer::new().format(now));
-        claims.push_str(r#","exp":"#);
-        claims.push_str(itoa::Buffer::new().format(now.saturating_add(self.ttl_sec)));
-        claims.push('}');
-
-        let mut token = String::with_capacity(JOSE_HEADER_B64.len() + claims.len() * 4 / 3 + 48);
-        token.push_str(JOSE_HEADER_B64);
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(claims.as_bytes(), &mut token);
+        let (mut iat, mut exp) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let iat = iat.format(now);
+        let exp = exp.format(now.saturating_add(self.ttl_sec));
+        let claims: [&[u8]; 11] = [
+            br#"{"iss":""#,
+            ISSUER.as_bytes(),
+            br#"","sid":""#,
+            id.as_str().as_bytes(),
+            br#"","data":"#,
+            data.as_bytes(),
+            br#","iat":"#,
+            iat.as_bytes(),
+            br#","exp":"#,
+            exp.as_bytes(),
+            b"}",
+        ];
+        let claims_len = claims.iter().map(|p| p.len()).sum();
+        // One exact-size buffer: header, claims and signature are encoded straight into it.
+        let len = JOSE_HEADER_B64.len() + 1 + b64_len(claims_len) + 1 + b64_len(32);
+        let mut token = Vec::with_capacity(len);
+        token.extend_from_slice(JOSE_HEADER_B64.as_bytes());
+        token.push(b'.');
+        {
+            let mut enc = base64::write::EncoderWriter::new(&mut token, &URL_SAFE_NO_PAD);
+            for part in claims {
+                enc.write_all(part).expect("writing to a Vec cannot fail");
+            }
+            enc.finish().expect("writing to a Vec cannot fail");
+        }
         let mut mac = self.mac.clone();
-        mac.update(token.as_bytes());
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(mac.finalize().into_bytes(), &mut token);
+        mac.update(&token);
+        token.push(b'.');
+        let mut sig = [0u8; 43];
+        URL_SAFE_NO_PAD
+            .encode_slice(mac.finalize().into_bytes(), &mut sig)
+            .expect("32 bytes encode to 43 base64url characters");
+        token.extend_from_slice(&sig);
+        debug_assert_eq!(token.len(), len);
 
-        let mut value =
-            HeaderValue::try_from(token).expect("base64url text is a valid header value");
+        let mut value = HeaderValue::from_maybe_shared(bytes::Bytes::from(token))
+            .expect("base64url text is a valid header value");
         value.set_sensitive(true);
         value
     }
+}
+
+/// Length of the unpadded base64 text of `n` bytes.
+const fn b64_len(n: usize) -> usize {
+    (n * 4).div_ceil(3)
 }
 
 /// The header value for a `[forward.headers]` field: strings as they are, numbers and
