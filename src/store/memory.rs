@@ -99,17 +99,19 @@ impl SessionStore for MemoryStore {
         let now = Instant::now();
         let mut map = self.lock();
         Self::reclaim(&mut map, now);
-        if map.peek(id).is_some_and(|e| e.expires > now) {
-            return Ok(false);
+        let entry = Entry {
+            rec: rec.clone(),
+            expires: now + ttl,
+        };
+        // One lookup: `push` hands back what it displaced, an evicted LRU entry or a live
+        // session under this very ID, which (a collision) is put back untouched.
+        match map.push(*id, entry) {
+            Some((displaced, old)) if displaced == *id && old.expires > now => {
+                map.push(displaced, old);
+                Ok(false)
+            }
+            _ => Ok(true),
         }
-        map.push(
-            *id,
-            Entry {
-                rec: rec.clone(),
-                expires: now + ttl,
-            },
-        );
-        Ok(true)
     }
 
     async fn replace(
