@@ -262,7 +262,7 @@ impl Gate {
 
     /// Serves one request from `peer`. Never fails: errors become short plain responses.
     pub async fn handle(
-        self: &Arc<Self>,
+        self: Arc<Self>,
         req: Request<Incoming>,
         peer: Peer,
     ) -> Result<Response<Body>, Infallible> {
@@ -529,10 +529,19 @@ impl Gate {
         self.drop_upstream_session_cookie(headers);
         let directives = directives?;
 
-        let cookie_out = if directives.is_empty() {
-            self.refresh(ctx).await?
+        // The store-writing paths are boxed: inline, their state would enlarge (and be
+        // copied with) every request's future, though most requests take neither.
+        let cookie_out = if !directives.is_empty() {
+            Box::pin(self.apply(ctx, directives)).await?
         } else {
-            self.apply(ctx, directives).await?
+            match &ctx.lookup {
+                Lookup::Anonymous => CookieOut::Keep,
+                Lookup::Gone => CookieOut::Clear,
+                Lookup::Active { id, rec, rotated } if self.cookie_due(rec, *rotated, ctx.now) => {
+                    Box::pin(self.refresh(*id, rec.clone(), ctx.now)).await
+                }
+                Lookup::Active { .. } => CookieOut::Keep,
+            }
         };
 
         let value = match cookie_out {
@@ -568,24 +577,16 @@ impl Gate {
         }
     }
 
-    /// No directives: re-send the cookie when it was signed with an old key or is due for a
-    /// refresh, and clear it when its session is gone.
-    async fn refresh(&self, ctx: &mut Ctx) -> Result<CookieOut, GateError> {
-        let (id, rec, rotated) = match &ctx.lookup {
-            Lookup::Anonymous => return Ok(CookieOut::Keep),
-            Lookup::Gone => return Ok(CookieOut::Clear),
-            Lookup::Active { id, rec, rotated } => (*id, rec.clone(), *rotated),
-        };
-        if !self.cookie_due(&rec, rotated, ctx.now) {
-            return Ok(CookieOut::Keep);
-        }
+    /// No directives, and the cookie is due (signed with an old key, or `cookie_refresh_sec`
+    /// has passed): record the refresh and re-send the cookie; clear it if the session is gone.
+    async fn refresh(&self, id: SessionId, rec: Record, now: u64) -> CookieOut {
         let mut expected = rec;
         for _ in 0..CAS_ATTEMPTS {
             let next = Record {
-                cookie_sent: ctx.now,
+                cookie_sent: now,
                 ..expected.clone()
             };
-            let ttl = self.ttl_for(&next, ctx.now);
+            let ttl = self.ttl_for(&next, now);
             match self
                 .timed(
                     StoreOp::replace,
@@ -593,18 +594,18 @@ impl Gate {
                 )
                 .await
             {
-                Ok(Cas::Applied) => return Ok(CookieOut::Set(id)),
+                Ok(Cas::Applied) => return CookieOut::Set(id),
                 Ok(Cas::Changed(current)) => expected = current,
-                Ok(Cas::Gone) => return Ok(CookieOut::Clear),
+                Ok(Cas::Gone) => return CookieOut::Clear,
                 Err(e) => {
                     // Bookkeeping only: the request itself succeeded and the session is
                     // intact, so the cookie is simply re-sent on a later request.
                     warn!(error = %e, "could not record the cookie refresh; will retry on a later request");
-                    return Ok(CookieOut::Keep);
+                    return CookieOut::Keep;
                 }
             }
         }
-        Ok(CookieOut::Keep)
+        CookieOut::Keep
     }
 
     /// Applies Destroy, Set and Update, in that order, after validating all of them.

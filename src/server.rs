@@ -307,11 +307,7 @@ pub async fn serve(
         let gate = gate.clone();
         let service = move |tls: bool| {
             let peer = Peer::new(peer, tls);
-            service_fn(move |req| {
-                let gate = gate.clone();
-                let peer = peer.clone();
-                async move { gate.handle(req, peer).await }
-            })
+            service_fn(move |req| gate.clone().handle(req, peer.clone()))
         };
         match &tls {
             None => {

@@ -132,7 +132,8 @@ impl Upstream {
                 },
             }
         }
-        let mut sender = self.connect().await?;
+        // Boxed: a rare path whose future would otherwise enlarge every request's.
+        let mut sender = Box::pin(self.connect()).await?;
         let res = sender.send_request(req).await?;
         Ok(self.wrap(res, sender))
     }

@@ -106,6 +106,9 @@ pub trait SessionStore: Send + Sync + 'static {
 }
 
 /// The configured store.
+///
+/// Redis operations are boxed: their futures are large, and inline they would make every
+/// request's future (memory store included) that large, to be copied on every request.
 #[derive(Debug, Clone)]
 pub enum Store {
     /// In-process bounded LRU.
@@ -118,7 +121,7 @@ impl SessionStore for Store {
     async fn load(&self, id: &SessionId, ttl: Duration) -> Result<Option<Record>, StoreError> {
         match self {
             Store::Memory(s) => s.load(id, ttl).await,
-            Store::Redis(s) => s.load(id, ttl).await,
+            Store::Redis(s) => Box::pin(s.load(id, ttl)).await,
         }
     }
 
@@ -130,7 +133,7 @@ impl SessionStore for Store {
     ) -> Result<bool, StoreError> {
         match self {
             Store::Memory(s) => s.create(id, rec, ttl).await,
-            Store::Redis(s) => s.create(id, rec, ttl).await,
+            Store::Redis(s) => Box::pin(s.create(id, rec, ttl)).await,
         }
     }
 
@@ -143,21 +146,21 @@ impl SessionStore for Store {
     ) -> Result<Cas, StoreError> {
         match self {
             Store::Memory(s) => s.replace(id, expected, new, ttl).await,
-            Store::Redis(s) => s.replace(id, expected, new, ttl).await,
+            Store::Redis(s) => Box::pin(s.replace(id, expected, new, ttl)).await,
         }
     }
 
     async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
         match self {
             Store::Memory(s) => s.delete(id).await,
-            Store::Redis(s) => s.delete(id).await,
+            Store::Redis(s) => Box::pin(s.delete(id)).await,
         }
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
         match self {
             Store::Memory(s) => s.ping().await,
-            Store::Redis(s) => s.ping().await,
+            Store::Redis(s) => Box::pin(s.ping()).await,
         }
     }
 }
