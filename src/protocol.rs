@@ -131,6 +131,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<http::HeaderValue> {
     upgrade
 }
 
+/// Removes every `x-session*` header (any spelling) from an upstream response. The three
+/// directives are removed by name first, so the usual response needs no further work.
+pub fn strip_reserved(headers: &mut HeaderMap) {
+    for name in [&X_SESSION_SET, &X_SESSION_UPDATE, &X_SESSION_DESTROY] {
+        headers.remove(name);
+    }
+    remove_where(headers, has_reserved_prefix);
+}
+
 /// Removes every header for which `drop` is true. Allocates only when two or more match.
 pub fn remove_where(headers: &mut HeaderMap, mut drop: impl FnMut(&HeaderName) -> bool) {
     let mut doomed = headers.keys().filter(|n| drop(n)).cloned();

@@ -324,17 +324,19 @@ impl Gate {
         let upstream_req = self.to_upstream(ctx, parts, body, peer);
 
         let sent = Instant::now();
-        let mut res =
-            match tokio::time::timeout(self.upstream_timeout, self.upstream.send(upstream_req))
-                .await
-            {
-                Err(_) => return Err(GateError::UpstreamTimeout(self.upstream_timeout)),
-                Ok(Err(e)) if e.is_client_body() => {
-                    return Err(GateError::ClientBody(Box::new(e)));
-                }
-                Ok(Err(e)) => return Err(GateError::Upstream(Box::new(e))),
-                Ok(Ok(res)) => res,
-            };
+        let mut res = match tokio::time::timeout_at(
+            tokio::time::Instant::from_std(sent) + self.upstream_timeout,
+            self.upstream.send(upstream_req),
+        )
+        .await
+        {
+            Err(_) => return Err(GateError::UpstreamTimeout(self.upstream_timeout)),
+            Ok(Err(e)) if e.is_client_body() => {
+                return Err(GateError::ClientBody(Box::new(e)));
+            }
+            Ok(Err(e)) => return Err(GateError::Upstream(Box::new(e))),
+            Ok(Ok(res)) => res,
+        };
         self.metrics.upstream(sent.elapsed());
 
         if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_upgrade)) =
@@ -525,7 +527,7 @@ impl Gate {
         headers: &mut HeaderMap,
     ) -> Result<(), GateError> {
         let directives = protocol::parse_directives(headers);
-        protocol::remove_where(headers, protocol::has_reserved_prefix);
+        protocol::strip_reserved(headers);
         self.drop_upstream_session_cookie(headers);
         let directives = directives?;
 
@@ -718,25 +720,22 @@ impl Gate {
     /// The session data after `d`'s Set and Update, starting from `current` data (none
     /// for a new session), serialized and checked against `max_bytes`.
     fn new_data(&self, d: &Directives, current: Option<&str>) -> Result<String, DirectiveError> {
-        let start = match (&d.set, current) {
+        let Some(update) = &d.update else {
+            return match &d.set {
+                Some(set) => self.sized(set, "X-Session-Set"),
+                None => self.sized(
+                    &current.map(parse_data).unwrap_or_default(),
+                    "X-Session-Set",
+                ),
+            };
+        };
+        let mut data = match (&d.set, current) {
             (Some(set), _) => set.clone(),
             (None, Some(data)) => parse_data(data),
             (None, None) => Map::new(),
         };
-        match &d.update {
-            Some(update) => self.merged(start, update, "X-Session-Update"),
-            None => self.sized(&start, "X-Session-Set"),
-        }
-    }
-
-    fn merged(
-        &self,
-        mut start: Map<String, Value>,
-        patch: &Map<String, Value>,
-        header: &'static str,
-    ) -> Result<String, DirectiveError> {
-        merge_object(&mut start, patch);
-        self.sized(&start, header)
+        merge_object(&mut data, update);
+        self.sized(&data, "X-Session-Update")
     }
 
     fn sized(

@@ -7,7 +7,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
-use std::io::Write as _;
+use std::cell::RefCell;
 
 use http::HeaderValue;
 use serde_json::Value;
@@ -57,29 +57,34 @@ impl TokenSigner {
             exp.as_bytes(),
             b"}",
         ];
-        let claims_len = claims.iter().map(|p| p.len()).sum();
-        // One exact-size buffer: header, claims and signature are encoded straight into it.
-        let len = JOSE_HEADER_B64.len() + 1 + b64_len(claims_len) + 1 + b64_len(32);
-        let mut token = Vec::with_capacity(len);
-        token.extend_from_slice(JOSE_HEADER_B64.as_bytes());
-        token.push(b'.');
-        {
-            let mut enc = base64::write::EncoderWriter::new(&mut token, &URL_SAFE_NO_PAD);
-            for part in claims {
-                enc.write_all(part).expect("writing to a Vec cannot fail");
-            }
-            enc.finish().expect("writing to a Vec cannot fail");
+        // The claims text goes through a per-thread scratch buffer; the token is encoded
+        // straight into one exact-size allocation, which the header value then owns.
+        thread_local! {
+            static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
         }
-        let mut mac = self.mac.clone();
-        mac.update(&token);
-        token.push(b'.');
-        let mut sig = [0u8; 43];
-        URL_SAFE_NO_PAD
-            .encode_slice(mac.finalize().into_bytes(), &mut sig)
-            .expect("32 bytes encode to 43 base64url characters");
-        token.extend_from_slice(&sig);
-        debug_assert_eq!(token.len(), len);
-
+        let token = SCRATCH.with_borrow_mut(|text| {
+            text.clear();
+            for part in claims {
+                text.extend_from_slice(part);
+            }
+            let (head, claims_end) = (
+                JOSE_HEADER_B64.len(),
+                JOSE_HEADER_B64.len() + 1 + b64_len(text.len()),
+            );
+            let mut token = vec![0u8; claims_end + 1 + b64_len(32)];
+            token[..head].copy_from_slice(JOSE_HEADER_B64.as_bytes());
+            token[head] = b'.';
+            URL_SAFE_NO_PAD
+                .encode_slice(&text, &mut token[head + 1..claims_end])
+                .expect("the buffer is sized for the claims");
+            let mut mac = self.mac.clone();
+            mac.update(&token[..claims_end]);
+            token[claims_end] = b'.';
+            URL_SAFE_NO_PAD
+                .encode_slice(mac.finalize().into_bytes(), &mut token[claims_end + 1..])
+                .expect("32 bytes encode to 43 base64url characters");
+            token
+        });
         let mut value = HeaderValue::from_maybe_shared(bytes::Bytes::from(token))
             .expect("base64url text is a valid header value");
         value.set_sensitive(true);
