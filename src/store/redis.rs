@@ -181,9 +181,12 @@ impl RedisStore {
         }
         let target = if settings.cluster.is_empty() {
             let client = redis::Client::open(settings.url.as_str()).map_err(unavailable)?;
+            // No response timeout of redis' own: `run` bounds every operation (connecting
+            // included) with `timeout` and drops a connection that timed out, so a second
+            // timer per command would only cost.
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(timeout))
-                .set_response_timeout(Some(timeout))
+                .set_response_timeout(None)
                 .set_number_of_retries(RECONNECT_RETRIES)
                 .set_min_delay(RECONNECT_MIN_DELAY)
                 .set_max_delay(RECONNECT_MAX_DELAY.min(timeout).max(RECONNECT_MIN_DELAY));
