@@ -28,25 +28,10 @@
 # and S2 again. And, when redis-server is installed, an S2 row with `[store] kind = "redis"`
 # (CPU there is sessiongate + redis-server).
 
-# Measured 2026-11-27 on the 2-CPU AMD EPYC dev machine (shared with other builds, so
-# expect +-15% between runs on req/s; CPU us/req is the steadier figure), commit f989fc8,
-# glibc malloc, `bash benches/load/run.sh` with the defaults:
-#
-#   scenario  target                 req/s  p50 ms  p99 ms  CPU us  x req/s  x p99  x CPU
-#   S1        nginx-plain            18659   1.010   7.850    17.7        -      -      -
-#   S1        sessiongate            18353   1.170   7.840    24.2     0.98   1.00   1.37
-#   S2        nginx-plain            18598   1.040   7.850    18.5        -      -      -
-#   S2        sessiongate            17334   1.220   7.860    25.9     0.93   1.00   1.40
-#   S3        nginx-plain            19605   0.960   7.860    17.3        -      -      -
-#   S3        sessiongate            13493   1.610   7.860    29.6     0.69   1.00   1.72
-#   S2        sessiongate+redis      15511   1.330   7.860    30.2     0.83   1.00   1.63
-#   S2        sg-1063-sessions       18048   1.150   7.830    24.2        -      -      -
-#   S2        sg-1000063-sessions    16847   1.320   7.840    28.5     0.93   1.00   1.18
-#   VmRSS: 1,000,063 sessions of ~100 B: 294 MB (300 bytes/session).
-#
-# With both servers on CPU 0, req/s is roughly 1 / (proxy CPU + upstream CPU), so the
-# req/s ratio understates the proxy's own CPU ratio; p99 near 7.8 ms on every row is CPU 0
-# scheduling under other tenants' load, not the proxy (quiet runs show ~5 ms).
+# The figures of the last measured run, and what the profile says about them, are in
+# README.md (Performance). With both servers on CPU 0, req/s is roughly 1 / (proxy CPU +
+# upstream CPU), so the req/s ratio understates the proxy's own CPU ratio; CPU us/req is
+# the steadier figure on a machine shared with other work.
 
 set -euo pipefail
 
