@@ -477,21 +477,23 @@ impl Gate {
             }
             _ => peer_ip,
         };
-        // Replace (never extend) unless the peer is a trusted proxy.
-        if trusted {
-            headers.remove(&X_FORWARDED_FOR);
-        } else {
-            headers.remove(&X_FORWARDED_FOR);
-            headers.remove(&X_FORWARDED_PROTO);
-            headers.remove(&X_FORWARDED_HOST);
-        }
+        // Replace (never extend) unless the peer is a trusted proxy. `insert` replaces
+        // every value the client sent under the name.
+        let proto = HeaderValue::from_static(if ctx.tls { "https" } else { "http" });
         headers.insert(X_FORWARDED_FOR.clone(), xff);
-        if !headers.contains_key(&X_FORWARDED_PROTO) {
-            let proto = if ctx.tls { "https" } else { "http" };
-            headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-        }
-        if let (false, Some(h)) = (headers.contains_key(&X_FORWARDED_HOST), host) {
-            headers.insert(X_FORWARDED_HOST.clone(), h);
+        if trusted {
+            if !headers.contains_key(&X_FORWARDED_PROTO) {
+                headers.insert(X_FORWARDED_PROTO.clone(), proto);
+            }
+            if let (false, Some(h)) = (headers.contains_key(&X_FORWARDED_HOST), host) {
+                headers.insert(X_FORWARDED_HOST.clone(), h);
+            }
+        } else {
+            headers.insert(X_FORWARDED_PROTO.clone(), proto);
+            match host {
+                Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h),
+                None => headers.remove(&X_FORWARDED_HOST),
+            };
         }
 
         if let Lookup::Active { id, rec, .. } = &ctx.lookup {
@@ -526,8 +528,14 @@ impl Gate {
         ctx: &mut Ctx,
         headers: &mut HeaderMap,
     ) -> Result<(), GateError> {
-        let directives = protocol::parse_directives(headers);
-        protocol::strip_reserved(headers);
+        // One scan first: most responses carry no `x-session*` header at all.
+        let directives = if headers.keys().any(protocol::has_reserved_prefix) {
+            let directives = protocol::parse_directives(headers);
+            protocol::strip_reserved(headers);
+            directives
+        } else {
+            Ok(Directives::default())
+        };
         self.drop_upstream_session_cookie(headers);
         let directives = directives?;
 
