@@ -82,8 +82,8 @@ fn hop_by_hop_bytes(lower: &[u8]) -> bool {
     )
 }
 
-/// True for a `Connection` token that names nothing to remove beyond the hop-by-hop set
-/// (`close`, `keep-alive`, ...), compared without regard to case.
+/// True for a `Connection` token naming a hop-by-hop header (removed anyway), compared
+/// without regard to case.
 fn is_hop_by_hop_token(token: &str) -> bool {
     let mut buf = [0u8; 24];
     let Some(lower) = buf.get_mut(..token.len()) else {
@@ -91,7 +91,7 @@ fn is_hop_by_hop_token(token: &str) -> bool {
     };
     lower.copy_from_slice(token.as_bytes());
     lower.make_ascii_lowercase();
-    lower == b"close" || hop_by_hop_bytes(lower)
+    hop_by_hop_bytes(lower)
 }
 
 /// Removes the hop-by-hop headers and every header that `Connection` nominates
@@ -100,8 +100,9 @@ fn is_hop_by_hop_token(token: &str) -> bool {
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<http::HeaderValue> {
     let mut upgrade = None;
     if headers.contains_key(header::CONNECTION) {
-        // `keep-alive`, `close` and the other hop-by-hop names go anyway: only other
-        // nominated names are collected (the common case allocates nothing).
+        // Hop-by-hop names go anyway, and a name no header has (`close`) needs no
+        // removal: only other nominated names are collected, so the usual `keep-alive` or
+        // `close` allocates nothing.
         let mut nominated: Vec<HeaderName> = Vec::new();
         let mut wants_upgrade = false;
         let tokens = headers
@@ -114,6 +115,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<http::HeaderValue> {
             if token.eq_ignore_ascii_case("upgrade") {
                 wants_upgrade = true;
             } else if !is_hop_by_hop_token(token)
+                && headers.contains_key(token)
                 && let Ok(name) = HeaderName::try_from(token)
             {
                 nominated.push(name);
@@ -296,6 +298,8 @@ mod tests {
         );
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
         h.insert("x-custom", HeaderValue::from_static("a"));
+        // `close` is a token, but a header of that name is nominated like any other.
+        h.insert("close", HeaderValue::from_static("b"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("te", HeaderValue::from_static("trailers"));
         h.insert("upgrade", HeaderValue::from_static("websocket"));
