@@ -1,9 +1,9 @@
 //! The upstream client: keep-alive HTTP/1.1 connections to the one upstream, kept in a
 //! LIFO pool of hyper's connection-level senders.
 //!
-//! A connection goes back to the pool when the response body it carried has been read to
-//! its end (the [`UpstreamBody`] wrapper does that when it is dropped); a response dropped
-//! early, a 101 (the connection then belongs to the upgraded stream) or an error retires
+//! A connection goes back to the pool once the response body it carried has been read to
+//! its end (the [`UpstreamBody`] wrapper sees the last frame, or is dropped after it); a
+//! response dropped early, a 101 (the connection then belongs to the upgraded stream) or an error retires
 //! it. A request that a pooled connection closed before sending (the upstream's keep-alive
 //! timeout raced us) is retried on the next connection, since nothing of it left the proxy.
 
@@ -184,34 +184,31 @@ impl Upstream {
                 source,
             })?;
         let _ = tcp.set_nodelay(true);
-        let builder = http1::Builder::new();
-        match &self.tls {
-            None => {
-                let (sender, conn) = builder.handshake(TokioIo::new(tcp)).await?;
-                tokio::spawn(drive(conn.with_upgrades()));
-                Ok(sender)
-            }
-            Some(connector) => {
-                let tls_error = |source| UpstreamError::Tls {
-                    authority: self.authority.clone(),
-                    source,
-                };
-                let name = ServerName::try_from(self.host.clone())
-                    .map_err(|e| tls_error(std::io::Error::other(e)))?;
-                let stream = connector.connect(name, tcp).await.map_err(tls_error)?;
-                let (sender, conn) = builder.handshake(TokioIo::new(stream)).await?;
-                tokio::spawn(drive(conn.with_upgrades()));
-                Ok(sender)
-            }
-        }
+        let Some(connector) = &self.tls else {
+            return handshake(tcp).await;
+        };
+        let tls_error = |source| UpstreamError::Tls {
+            authority: self.authority.clone(),
+            source,
+        };
+        let name = ServerName::try_from(self.host.clone())
+            .map_err(|e| tls_error(std::io::Error::other(e)))?;
+        handshake(connector.connect(name, tcp).await.map_err(tls_error)?).await
     }
 }
 
-/// Runs one upstream connection until it closes.
-async fn drive(conn: impl Future<Output = hyper::Result<()>>) {
-    if let Err(e) = conn.await {
-        debug!(error = %e, "upstream connection ended with an error");
-    }
+/// Starts HTTP/1.1 on `io`, driving the connection in a task of its own.
+async fn handshake<T>(io: T) -> Result<SendRequest<Incoming>, UpstreamError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
 }
 
 /// A response body from the upstream. Once it has been read to its end, dropping it
