@@ -160,10 +160,27 @@ impl Upstream {
         None
     }
 
-    fn checkin(&self, sender: SendRequest<Incoming>) {
+    /// Returns a connection whose response has been read. One still busy (the upstream
+    /// answered before the request body was all sent) is pooled once it is idle, so that
+    /// no request waits behind another's upload.
+    fn checkin(self: Arc<Self>, mut sender: SendRequest<Incoming>) {
         if sender.is_closed() {
             return;
         }
+        if !sender.is_ready() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    if sender.ready().await.is_ok() {
+                        self.pool(sender);
+                    }
+                });
+            }
+            return;
+        }
+        self.pool(sender);
+    }
+
+    fn pool(&self, sender: SendRequest<Incoming>) {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         // The front holds the longest idle: close those past the idle timeout.

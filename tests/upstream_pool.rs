@@ -165,3 +165,36 @@ async fn a_response_cut_short_retires_its_connection() {
     assert_eq!(connections.load(Ordering::SeqCst), 2);
     gate.join().await;
 }
+
+#[tokio::test]
+async fn a_connection_still_sending_a_request_body_is_not_handed_to_the_next_request() {
+    // The upstream answers the upload at once, without reading its body; the client keeps
+    // the rest of that body back. The upstream connection is busy until the body is sent,
+    // so the next request must get another connection, not wait for this one (and time out).
+    let (addr, connections) = raw_upstream(|n| {
+        let body: &[u8] = if n == 0 { b"early" } else { b"whole" };
+        let mut res =
+            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
+        res.extend_from_slice(body);
+        (res, false)
+    })
+    .await;
+    let gate = gate(addr).server("upstream_timeout_ms = 2000").run().await;
+    let mut upload = TcpStream::connect(gate.addr).await.unwrap();
+    upload
+        .write_all(b"POST /upload HTTP/1.1\r\nhost: app\r\ncontent-length: 1000\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    while !String::from_utf8_lossy(&answer).ends_with("early") {
+        let mut chunk = [0u8; 1024];
+        let n = upload.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the gate closed the upload: {answer:?}");
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    let res = gate.get("/").await;
+    assert_eq!((res.status, res.text()), (200, "whole"));
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+    drop(upload);
+    gate.join().await;
+}
