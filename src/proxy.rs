@@ -9,6 +9,7 @@
 //!
 //! Bodies are streamed both ways; upgrades are bridged once the upstream answers 101.
 
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value};
-use tracing::{debug, info, warn};
+use tracing::{Level, debug, info, warn};
 
 use crate::config::{Config, OnError};
 use crate::cookie::{self, CookieCodec, SetCookieBuilder, Verified};
@@ -42,6 +43,9 @@ pub type Body = Either<UpstreamBody, Full<Bytes>>;
 const CAS_ATTEMPTS: usize = 8;
 /// How often a fresh ID is drawn when `create` reports a collision.
 const CREATE_ATTEMPTS: usize = 4;
+
+/// The tracing target of the access line (SPEC §9).
+const ACCESS_LOG: &str = "sessiongate::access";
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -128,14 +132,33 @@ enum CookieOut {
 
 /// Per-request context carried through the phases.
 struct Ctx {
-    started: Instant,
-    now: u64,
-    method: Method,
-    /// The request target; only its path is ever logged.
-    uri: Uri,
+    /// What the access line needs; only taken when that line is enabled.
+    access: Option<Access>,
+    /// Unix seconds, read on first use: an anonymous request needs no wall clock.
+    now: Cell<Option<u64>>,
     tls: bool,
     lookup: Lookup,
     outcome: Outcome,
+}
+
+impl Ctx {
+    /// The request's wall-clock time in Unix seconds (one reading per request).
+    fn now(&self) -> u64 {
+        if let Some(now) = self.now.get() {
+            return now;
+        }
+        let now = unix_now();
+        self.now.set(Some(now));
+        now
+    }
+}
+
+/// The fields of a request's access line that must be taken before it is forwarded.
+struct Access {
+    started: Instant,
+    method: Method,
+    /// The request target; only its path is ever logged.
+    uri: Uri,
 }
 
 /// The proxy: configuration turned into ready-to-use parts, shared by every connection.
@@ -268,11 +291,14 @@ impl Gate {
     ) -> Result<Response<Body>, Infallible> {
         let tls = peer.tls;
         let http1 = req.version() <= Version::HTTP_11;
-        let mut ctx = Ctx {
+        let access = tracing::enabled!(target: ACCESS_LOG, Level::INFO).then(|| Access {
             started: Instant::now(),
-            now: unix_now(),
             method: req.method().clone(),
             uri: req.uri().clone(),
+        });
+        let mut ctx = Ctx {
+            access,
+            now: Cell::new(None),
             tls,
             lookup: Lookup::Anonymous,
             outcome: Outcome::None,
@@ -393,7 +419,7 @@ impl Gate {
             .timed(StoreOp::load, self.store.load(&id, self.ttl))
             .await
         {
-            Ok(Some(rec)) if self.is_past_absolute(&rec, ctx.now) => {
+            Ok(Some(rec)) if self.is_past_absolute(&rec, ctx.now()) => {
                 debug!("session reached absolute_ttl_sec");
                 self.timed(StoreOp::delete, self.store.delete(&id)).await?;
                 self.metrics.lookup(LookupResult::miss);
@@ -499,7 +525,7 @@ impl Gate {
         if let Lookup::Active { id, rec, .. } = &ctx.lookup {
             headers.insert(
                 self.forward_header.clone(),
-                self.signer.mint(id, &rec.data, ctx.now),
+                self.signer.mint(id, &rec.data, ctx.now()),
             );
             if !self.forward_headers.is_empty()
                 && let Ok(data) = serde_json::from_str::<Value>(&rec.data)
@@ -547,8 +573,10 @@ impl Gate {
             match &ctx.lookup {
                 Lookup::Anonymous => CookieOut::Keep,
                 Lookup::Gone => CookieOut::Clear,
-                Lookup::Active { id, rec, rotated } if self.cookie_due(rec, *rotated, ctx.now) => {
-                    Box::pin(self.refresh(*id, rec.clone(), ctx.now)).await
+                Lookup::Active { id, rec, rotated }
+                    if self.cookie_due(rec, *rotated, ctx.now()) =>
+                {
+                    Box::pin(self.refresh(*id, rec.clone(), ctx.now())).await
                 }
                 Lookup::Active { .. } => CookieOut::Keep,
             }
@@ -645,8 +673,8 @@ impl Gate {
         // A new session, under a new ID. Create it first, then retire the old ID: if the
         // delete fails, the old session is exactly as it was and the new one is removed
         // again (best effort), so nothing half-applied is visible.
-        let rec = Record::new(data.into(), ctx.now);
-        let new_id = self.create(&rec, ctx.now).await?;
+        let rec = Record::new(data.into(), ctx.now());
+        let new_id = self.create(&rec, ctx.now()).await?;
         if let Some(old) = old_id
             && let Err(e) = self.timed(StoreOp::delete, self.store.delete(&old)).await
         {
@@ -674,7 +702,7 @@ impl Gate {
         mut data: String,
     ) -> Result<CookieOut, GateError> {
         let send_cookie = match &ctx.lookup {
-            Lookup::Active { rotated, rec, .. } => self.cookie_due(rec, *rotated, ctx.now),
+            Lookup::Active { rotated, rec, .. } => self.cookie_due(rec, *rotated, ctx.now()),
             _ => false,
         };
         for attempt in 0..CAS_ATTEMPTS {
@@ -684,13 +712,13 @@ impl Gate {
             let next = Record {
                 created: expected.created,
                 cookie_sent: if send_cookie {
-                    ctx.now
+                    ctx.now()
                 } else {
                     expected.cookie_sent
                 },
                 data: Arc::from(data.as_str()),
             };
-            let ttl = self.ttl_for(&next, ctx.now);
+            let ttl = self.ttl_for(&next, ctx.now());
             match self
                 .timed(
                     StoreOp::replace,
@@ -785,14 +813,16 @@ impl Gate {
     /// Phase 4: the access event (SPEC §9): never the query, a cookie, a token or data.
     fn finish(&self, ctx: &Ctx, status: StatusCode) {
         self.metrics.request(status.as_u16(), ctx.outcome);
-        info!(
-            target: "sessiongate::access",
-            method = %ctx.method,
-            path = ctx.uri.path(),
-            status = status.as_u16(),
-            duration_ms = ctx.started.elapsed().as_micros() as f64 / 1000.0,
-            session = ctx.outcome.as_str(),
-        );
+        if let Some(access) = &ctx.access {
+            info!(
+                target: ACCESS_LOG,
+                method = %access.method,
+                path = access.uri.path(),
+                status = status.as_u16(),
+                duration_ms = access.started.elapsed().as_micros() as f64 / 1000.0,
+                session = ctx.outcome.as_str(),
+            );
+        }
     }
 }
 
