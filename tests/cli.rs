@@ -135,6 +135,32 @@ fn unreadable_config_is_one_line() {
 }
 
 #[test]
+fn a_config_path_that_is_no_regular_file_or_too_large_is_one_line() {
+    // A FIFO would block a plain read until a writer came; /dev/zero would never end.
+    let fifo = write("fifo-placeholder", "");
+    std::fs::remove_file(&fifo).unwrap();
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let big = write("big.toml", &"# padding\n".repeat(120_000));
+    for (path, reason) in [
+        (fifo.to_str().unwrap(), "not a regular file"),
+        ("/dev/zero", "not a regular file"),
+        (big.to_str().unwrap(), "larger than 1 MiB"),
+    ] {
+        let out = bin()
+            .args(["check", "-c", path])
+            .env("SESSION_SECRET", SECRET)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        eqnice!(
+            format!("{path}: cannot read config file: {reason}\n"),
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
 fn port_in_use_is_one_clear_line() {
     // A listener without SO_REUSEPORT holds the port.
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

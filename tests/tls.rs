@@ -286,6 +286,20 @@ async fn bad_tls_files_are_refused_naming_the_file() {
         err.contains("server.tls.cert: ") && err.contains("nope.pem: cannot read"),
         "{err}"
     );
+
+    // A device is refused at once instead of read without end.
+    let text = format!(
+        "[server]\nupstream = \"http://127.0.0.1:1\"\n{}\n",
+        tls_table(Path::new("/dev/zero"), &other_key)
+    );
+    let err = sessiongate::config::parse(Path::new("proxy.toml"), &text)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("server.tls.cert: ")
+            && err.ends_with("/dev/zero: cannot read: not a regular file"),
+        "{err}"
+    );
 }
 
 /// An HTTPS upstream with a certificate from `pki`.
