@@ -427,6 +427,71 @@ async fn cluster_login_update_logout() {
     gate.join().await;
 }
 
+#[tokio::test]
+async fn cluster_node_killed_and_restarted_loses_no_session_and_needs_no_proxy_restart() {
+    trace_init();
+    let Some(mut cluster) = RedisCluster::start() else {
+        return;
+    };
+    let app = app().await;
+    let gate = gate(app.addr)
+        .toml(&format!(
+            "[store]\nkind = \"redis\"\ncluster = {}\ntimeout_ms = {TIMEOUT_MS}\non_error = \"fail\"\n",
+            cluster.toml_list()
+        ))
+        .run()
+        .await;
+
+    // One session held by the first primary, one by another.
+    let holder = |cookie: &str| {
+        let id = cookie["session=".len()..].split('.').next().unwrap();
+        cluster.nodes.iter().position(|node| {
+            redis::cmd("EXISTS")
+                .arg(format!("session:{id}"))
+                .query::<i64>(&mut node.connection())
+                .is_ok_and(|n| n == 1)
+        })
+    };
+    let (mut on_first, mut elsewhere) = (None, None);
+    for _ in 0..60 {
+        let cookie = gate.get("/login").await.session_cookie();
+        match holder(&cookie) {
+            Some(0) => on_first = on_first.or(Some(cookie)),
+            Some(_) => elsewhere = elsewhere.or(Some(cookie)),
+            None => panic!("no node holds the new session"),
+        }
+        if on_first.is_some() && elsewhere.is_some() {
+            break;
+        }
+    }
+    let (on_first, elsewhere) = (on_first.unwrap(), elsewhere.unwrap());
+    for (cookie, name) in [(&on_first, "first"), (&elsewhere, "other")] {
+        let patch = format!(r#"{{"node":"{name}"}}"#);
+        assert_eq!(update(&gate, cookie, &patch).await.status, 200);
+    }
+
+    cluster.nodes[0].kill();
+    // The other primaries' sessions are served as before.
+    assert_eq!(
+        until_session(&gate, &app, &elsewhere).await,
+        serde_json::json!({"userId":1,"name":"alice","node":"other"})
+    );
+    // The dead node's session is a 503, and its cookie is kept.
+    let res = gate.get_with("/me", &[("cookie", &on_first)]).await;
+    assert_eq!(res.status, 503);
+    assert!(!res.is_clear("session"));
+
+    cluster.nodes[0].restart();
+    cluster.wait_ok();
+    // Back from its append-only file, the node serves the session as it was.
+    assert_eq!(
+        until_session(&gate, &app, &on_first).await,
+        serde_json::json!({"userId":1,"name":"alice","node":"first"})
+    );
+    assert_eq!(gate.get("/login").await.status, 200);
+    gate.join().await;
+}
+
 /// A loopback port with nothing listening.
 fn dead_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -267,6 +267,12 @@ impl RedisCluster {
                             // out of range; pick a free one.
                             "--cluster-port".into(),
                             free_port().to_string(),
+                            // Every write on disk before it is acknowledged, so a node
+                            // killed and restarted comes back with all it held.
+                            "--appendonly".into(),
+                            "yes".into(),
+                            "--appendfsync".into(),
+                            "always".into(),
                         ]
                     },
                     "redis-cluster",
@@ -295,7 +301,7 @@ impl RedisCluster {
     }
 
     /// Polls `CLUSTER INFO` on every node until each reports `cluster_state:ok`.
-    fn wait_ok(&self) {
+    pub fn wait_ok(&self) {
         let deadline = Instant::now() + READY_DEADLINE;
         for node in &self.nodes {
             let client = node.client();
