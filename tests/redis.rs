@@ -25,6 +25,11 @@ fn store_toml(url: &str, on_error: &str) -> String {
     )
 }
 
+/// The session ID in a `session=ID.MAC` cookie, as the store keys it after the namespace.
+fn session_id(cookie: &str) -> &str {
+    cookie["session=".len()..].split('.').next().unwrap()
+}
+
 /// The session data the upstream saw on its last request, if it got a session.
 fn seen_data(app: &Upstream) -> Option<serde_json::Value> {
     app.last()
@@ -148,8 +153,7 @@ async fn store_keys_carry_the_namespace_and_the_session_ttl() {
         .run()
         .await;
     let cookie = gate.get("/login").await.session_cookie();
-    let id = cookie["session=".len()..].split('.').next().unwrap();
-    let key = format!("app1:sess:{id}");
+    let key = format!("app1:sess:{}", session_id(&cookie));
     let mut conn = redis.connection();
     let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
     assert_eq!(keys, vec![key.clone()]);
@@ -407,9 +411,8 @@ async fn cluster_login_update_logout() {
             200
         );
         assert_eq!(seen_data(&app), Some(serde_json::json!({"userId":1,"n":n})));
-        let id = cookie["session=".len()..].split('.').next().unwrap();
         let ttl: i64 = redis::cmd("TTL")
-            .arg(format!("session:{id}"))
+            .arg(format!("session:{}", session_id(cookie)))
             .query(&mut conn)
             .unwrap();
         assert!(ttl > 0, "ttl {ttl}");
@@ -444,10 +447,9 @@ async fn cluster_node_killed_and_restarted_loses_no_session_and_needs_no_proxy_r
 
     // One session held by the first primary, one by another.
     let holder = |cookie: &str| {
-        let id = cookie["session=".len()..].split('.').next().unwrap();
         cluster.nodes.iter().position(|node| {
             redis::cmd("EXISTS")
-                .arg(format!("session:{id}"))
+                .arg(format!("session:{}", session_id(cookie)))
                 .query::<i64>(&mut node.connection())
                 .is_ok_and(|n| n == 1)
         })
