@@ -20,8 +20,8 @@
 # same Cookie header and passes it on); S3 GET /login, a new session on every request
 # (through nginx-plain the upstream's header just passes through). They run interleaved,
 # ROUNDS times, and the table shows the median of the rounds. CPU µs/req is the proxy
-# process's utime+stime delta (/proc/PID/stat) over the requests wrk completed; the
-# upstream's CPU is not included (it is the same work for both proxies).
+# process's utime+stime delta (/proc/PID/stat) over the requests wrk completed, 'user' its
+# utime part; the upstream's CPU is not included (it is the same work for both proxies).
 #
 # Then the memory test: a fresh sessiongate, S2 with 1,000 sessions in the store, then
 # preloaded (through /login-100b, ~100 bytes of data each) to PRELOAD sessions: VmRSS
@@ -182,14 +182,19 @@ start_gate() { # start_gate NAME PORT ADMIN_PORT STORE_LINES (\n between lines);
     return 1
 }
 
-cpu_ticks() { # utime+stime of the given PIDs, in clock ticks
-    local pid sum=0 t
+cpu_ticks() { # "USER TOTAL": utime and utime+stime of the given PIDs, in clock ticks
+    local pid user=0 total=0 u s
     for pid in "$@"; do
         # Fields after the ")" of the command name: utime is field 12, stime 13 there.
-        t=$(sed 's/^.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}')
-        sum=$((sum + t))
+        read -r u s < <(sed 's/^.*) //' "/proc/$pid/stat" | awk '{print $12, $13}')
+        user=$((user + u))
+        total=$((total + u + s))
     done
-    echo "$sum"
+    echo "$user $total"
+}
+
+us_per_req() { # us_per_req TICKS REQUESTS -> CPU microseconds per request
+    awk -v d="$1" -v hz="$CLK_TCK" -v r="$2" 'BEGIN { printf "%.2f", (r > 0) ? d / hz * 1e6 / r : 0 }'
 }
 
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
@@ -213,7 +218,7 @@ login_cookie() {
 
 # --- one measured run ------------------------------------------------------------------
 
-RESULTS="$TMP/results.tsv" # scenario target round rps p50_us p99_us cpu_us errors
+RESULTS="$TMP/results.tsv" # scenario target round rps p50_us p99_us cpu_us errors user_us
 
 to_us() { # wrk latency text (123.45us, 1.23ms, 1.02s) -> microseconds
     awk -v v="$1" 'BEGIN {
@@ -226,12 +231,12 @@ to_us() { # wrk latency text (123.45us, 1.23ms, 1.02s) -> microseconds
 run_wrk() {
     local scenario=$1 target=$2 round=$3 port=$4 path=$5 cookie=$6
     shift 6
-    local out="$TMP/wrk-$scenario-$target-$round.txt" hdr=() before after
+    local out="$TMP/wrk-$scenario-$target-$round.txt" hdr=() user0 before user1 after
     [ -n "$cookie" ] && hdr=(-H "Cookie: $cookie")
-    before=$(cpu_ticks "$@")
+    read -r user0 before < <(cpu_ticks "$@")
     taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${hdr[@]}" \
         "http://127.0.0.1:$port$path" >"$out" 2>&1 || die "wrk failed: $(cat "$out")"
-    after=$(cpu_ticks "$@")
+    read -r user1 after < <(cpu_ticks "$@")
     local rps reqs p50 p99 errors
     rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
     reqs=$(awk '/requests in/ {print $1}' "$out")
@@ -239,13 +244,13 @@ run_wrk() {
     p99=$(to_us "$(awk '$1 == "99%" {print $2}' "$out")")
     errors=$(awk '/Non-2xx or 3xx/ {n += $NF} /Socket errors/ {
         for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) n += $i } END {print n + 0}' "$out")
-    local cpu_us
-    cpu_us=$(awk -v d=$((after - before)) -v hz="$CLK_TCK" -v r="$reqs" \
-        'BEGIN { printf "%.2f", (r > 0) ? d / hz * 1e6 / r : 0 }')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$target" "$round" "$rps" "$p50" \
-        "$p99" "$cpu_us" "$errors" >>"$RESULTS"
-    log "$(printf '%-3s %-18s round %s: %9s req/s  p50 %8.0f us  p99 %8.0f us  %7s CPU us/req  errors %s  load %s' \
-        "$scenario" "$target" "$round" "$rps" "$p50" "$p99" "$cpu_us" "$errors" "$(cut -d' ' -f1 /proc/loadavg)")"
+    local cpu_us user_us
+    cpu_us=$(us_per_req $((after - before)) "$reqs")
+    user_us=$(us_per_req $((user1 - user0)) "$reqs")
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$target" "$round" "$rps" "$p50" \
+        "$p99" "$cpu_us" "$errors" "$user_us" >>"$RESULTS"
+    log "$(printf '%-3s %-18s round %s: %9s req/s  p50 %8.0f us  p99 %8.0f us  %7s CPU us/req (user %s)  errors %s  load %s' \
+        "$scenario" "$target" "$round" "$rps" "$p50" "$p99" "$cpu_us" "$user_us" "$errors" "$(cut -d' ' -f1 /proc/loadavg)")"
 }
 
 warm() { # warm PORT PATH COOKIE
@@ -409,11 +414,13 @@ REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml 2>/dev/null || REV="$REV+local changes"
 echo "sessiongate load benchmark, $(date -u +%Y-%m-%d), commit $REV, $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)),"
 echo "median of $ROUNDS rounds x ${DURATION}s, wrk -t1 -c$CONNS on CPU $LOAD_CPU, servers on CPU $SERVER_CPU, no access logs."
-echo "CPU us/req is the proxy process only. 'vs nginx' = sessiongate / nginx-plain (req/s, p99, CPU)."
+echo "CPU us/req is the proxy process only, 'user' its user-space part (the rest is the kernel's)."
+echo "'vs nginx' = sessiongate / nginx-plain (req/s, p99, CPU)."
 echo
-printf '%-9s %-22s %10s %9s %9s %9s %8s %8s %8s %6s\n' scenario target 'req/s' 'p50 ms' 'p99 ms' 'CPU us' 'x req/s' 'x p99' 'x CPU' errors
+printf '%-9s %-22s %10s %9s %9s %9s %7s %8s %8s %8s %6s\n' scenario target 'req/s' 'p50 ms' 'p99 ms' 'CPU us' 'user' 'x req/s' 'x p99' 'x CPU' errors
 awk -F'\t' '{print $1 "\t" $2}' "$RESULTS" | awk '!seen[$0]++' | while IFS=$'\t' read -r s t; do
     rps=$(col "$s" "$t" 4); p50=$(col "$s" "$t" 5); p99=$(col "$s" "$t" 6); cpu=$(col "$s" "$t" 7)
+    user=$(col "$s" "$t" 9)
     errs=$(awk -F'\t' -v s="$s" -v t="$t" '$1 == s && $2 == t {n += $8} END {print n + 0}' "$RESULTS")
     base=nginx-plain
     case $t in sg-*) base=$(awk -F'\t' '$1 == "S2" && $2 ~ /^sg-/ {print $2; exit}' "$RESULTS") ;; esac
@@ -425,9 +432,9 @@ awk -F'\t' '{print $1 "\t" $2}' "$RESULTS" | awk '!seen[$0]++' | while IFS=$'\t'
         xp=$(awk -v a="$p99" -v b="$(col "$s" "$base" 6)" 'BEGIN {printf "%.2f", a / b}')
         xc=$(awk -v a="$cpu" -v b="$(col "$s" "$base" 7)" 'BEGIN {printf "%.2f", (b > 0) ? a / b : 0}')
     fi
-    printf '%-9s %-22s %10.0f %9.3f %9.3f %9.1f %8s %8s %8s %6s\n' "$s" "$t" "$rps" \
+    printf '%-9s %-22s %10.0f %9.3f %9.3f %9.1f %7.1f %8s %8s %8s %6s\n' "$s" "$t" "$rps" \
         "$(awk -v v="$p50" 'BEGIN{print v/1000}')" "$(awk -v v="$p99" 'BEGIN{print v/1000}')" \
-        "$cpu" "$xr" "$xp" "$xc" "$errs"
+        "$cpu" "$user" "$xr" "$xp" "$xc" "$errs"
 done
 echo
 echo "(sg-N-sessions rows: one fresh sessiongate, S2 with N sessions in the memory store; their"
