@@ -100,7 +100,7 @@ pub struct RequestCookies<'a> {
 /// Splits the `Cookie` header values of `headers` into ours (by `name`) and the rest.
 /// Returns `None` when no cookie with our name is present, so the caller can leave the
 /// headers untouched without allocating.
-pub fn take_ours<'a>(headers: &'a HeaderMap, name: &str) -> Option<RequestCookies<'a>> {
+pub fn split_ours<'a>(headers: &'a HeaderMap, name: &str) -> Option<RequestCookies<'a>> {
     let headers = headers.get_all(http::header::COOKIE);
     let name = name.as_bytes();
     let is_ours = |pair: &[u8]| {
@@ -287,9 +287,9 @@ mod tests {
     }
 
     #[test]
-    fn take_ours_splits_and_keeps_the_rest() {
+    fn split_ours_splits_and_keeps_the_rest() {
         let h = cookies(&["a=1; session=x;b=2", "session=y;  c=3 ; sessionx=4"]);
-        let found = take_ours(&h, "session").unwrap();
+        let found = split_ours(&h, "session").unwrap();
         assert_eq!(found.values, vec![&b"x"[..], &b"y"[..]]);
         assert_eq!(
             found.rest.as_deref(),
@@ -297,14 +297,14 @@ mod tests {
         );
 
         let only = cookies(&["session=x"]);
-        assert_eq!(take_ours(&only, "session").unwrap().rest, None);
+        assert_eq!(split_ours(&only, "session").unwrap().rest, None);
 
         let none = cookies(&["a=1; sessions=2; =session=3"]);
-        assert!(take_ours(&none, "session").is_none());
+        assert!(split_ours(&none, "session").is_none());
 
         let empty = cookies(&["session=&="]);
         assert_eq!(
-            take_ours(&empty, "session").unwrap().values,
+            split_ours(&empty, "session").unwrap().values,
             vec![&b"&="[..]]
         );
     }

@@ -1,6 +1,9 @@
 //! Failures the proxy answers for itself (SPEC §8). The source of a failure picks the
 //! status, in one exhaustive `match`; the client gets one short plain-text line and the log
 //! gets the detail.
+//!
+//! Every message carries its cause in its own text and no variant reports it again as
+//! `source()`, so the one line logged or printed holds each cause once.
 
 use http::StatusCode;
 
@@ -12,19 +15,31 @@ use crate::store::StoreError;
 pub enum GateError {
     /// The upstream could not be reached or broke the exchange.
     #[error("upstream request failed: {0}")]
-    Upstream(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Upstream(Box<dyn std::error::Error + Send + Sync>),
     /// The client's request body broke off or was malformed while being forwarded.
     #[error("client request body failed: {0}")]
-    ClientBody(#[source] Box<dyn std::error::Error + Send + Sync>),
+    ClientBody(Box<dyn std::error::Error + Send + Sync>),
     /// The upstream did not send response headers within `server.upstream_timeout_ms`.
     #[error("upstream did not answer within {0:?}")]
     UpstreamTimeout(std::time::Duration),
     /// The upstream sent an invalid session directive; nothing was applied.
     #[error("rejected session directive from upstream: {0}")]
-    BadDirective(#[from] DirectiveError),
+    BadDirective(DirectiveError),
     /// The session store failed.
     #[error("session store failed: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
+}
+
+impl From<DirectiveError> for GateError {
+    fn from(e: DirectiveError) -> Self {
+        GateError::BadDirective(e)
+    }
+}
+
+impl From<StoreError> for GateError {
+    fn from(e: StoreError) -> Self {
+        GateError::Store(e)
+    }
 }
 
 impl GateError {
@@ -45,6 +60,9 @@ impl GateError {
             GateError::Upstream(_) => "bad gateway: upstream unreachable\n",
             GateError::UpstreamTimeout(_) => "gateway timeout: upstream did not answer in time\n",
             GateError::BadDirective(_) => "bad gateway: invalid session header from upstream\n",
+            GateError::Store(StoreError::Contention(_)) => {
+                "service unavailable: session busy, try again\n"
+            }
             GateError::Store(_) => "service unavailable: session store unavailable\n",
         }
     }
@@ -65,5 +83,32 @@ mod tests {
         let e = GateError::Store(StoreError::Timeout(std::time::Duration::from_secs(1)));
         assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(e.public_message().ends_with('\n') && e.public_message().lines().count() == 1);
+        let e = GateError::Store(StoreError::Contention("session kept changing"));
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            e.public_message(),
+            "service unavailable: session busy, try again\n"
+        );
+    }
+
+    #[test]
+    fn every_cause_is_printed_once() {
+        use std::error::Error as _;
+        let errors = [
+            GateError::Upstream("connection refused".into()),
+            GateError::ClientBody("body ended early".into()),
+            GateError::BadDirective(DirectiveError::NotObject {
+                header: "X-Session-Set",
+            }),
+            GateError::Store(StoreError::Unavailable("connection refused".into())),
+        ];
+        for e in errors {
+            assert!(e.source().is_none(), "{e} also reports a source");
+            let line = e.to_string();
+            assert!(
+                line.contains("refused") || line.contains("ended") || line.contains("object"),
+                "{line}"
+            );
+        }
     }
 }

@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::proxy::Outcome;
+use crate::telemetry::Outcome;
 
 /// `sessiongate_requests_total{status}`.
 pub const REQUESTS: &str = "sessiongate_requests";
@@ -76,7 +76,7 @@ struct OpLabel {
 /// Why the upstream exchange failed.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
-pub enum UpstreamError {
+pub enum UpstreamFailure {
     /// Could not connect or the exchange broke.
     unreachable,
     /// No response headers in time.
@@ -87,7 +87,7 @@ pub enum UpstreamError {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
-    kind: UpstreamError,
+    kind: UpstreamFailure,
 }
 
 /// Every metric the proxy keeps.
@@ -98,8 +98,8 @@ pub struct Metrics {
     created: Counter,
     destroyed: Counter,
     /// The fixed-label series, looked up once: `lookups` by result, `store_seconds` by op.
-    lookup_counters: [Counter; 4],
-    store_histograms: [Histogram; 4],
+    lookup_counters: ByLookup<Counter>,
+    store_histograms: ByOp<Histogram>,
     upstream_errors: Family<KindLabel, Counter>,
     upstream_seconds: Histogram,
     in_flight: Gauge,
@@ -155,24 +155,13 @@ impl Metrics {
         registry.register(IN_FLIGHT, "Requests being served", in_flight.clone());
         // Every label value exists from the start, so dashboards and rate() see zeros
         // rather than absent series.
-        let lookup_counters = [
-            LookupResult::hit,
-            LookupResult::miss,
-            LookupResult::invalid,
-            LookupResult::error,
-        ]
-        .map(|result| lookups.get_or_create(&LookupLabel { result }).clone());
-        let store_histograms = [
-            StoreOp::load,
-            StoreOp::create,
-            StoreOp::replace,
-            StoreOp::delete,
-        ]
-        .map(|op| store_seconds.get_or_create(&OpLabel { op }).clone());
+        let lookup_counters =
+            ByLookup::new(|result| lookups.get_or_create(&LookupLabel { result }).clone());
+        let store_histograms = ByOp::new(|op| store_seconds.get_or_create(&OpLabel { op }).clone());
         for kind in [
-            UpstreamError::unreachable,
-            UpstreamError::timeout,
-            UpstreamError::bad_directive,
+            UpstreamFailure::unreachable,
+            UpstreamFailure::timeout,
+            UpstreamFailure::bad_directive,
         ] {
             let _ = upstream_errors.get_or_create(&KindLabel { kind });
         }
@@ -213,7 +202,7 @@ impl Metrics {
 
     /// A cookie was looked up.
     pub fn lookup(&self, result: LookupResult) {
-        self.lookup_counters[result as usize].inc();
+        self.lookup_counters.get(result).inc();
     }
 
     /// A session was destroyed outside a Destroy directive (absolute TTL).
@@ -223,11 +212,11 @@ impl Metrics {
 
     /// A store operation took `elapsed`.
     pub fn store(&self, op: StoreOp, elapsed: Duration) {
-        self.store_histograms[op as usize].observe(elapsed.as_secs_f64());
+        self.store_histograms.get(op).observe(elapsed.as_secs_f64());
     }
 
     /// The upstream failed.
-    pub fn upstream_error(&self, kind: UpstreamError) {
+    pub fn upstream_error(&self, kind: UpstreamFailure) {
         self.upstream_errors
             .get_or_create(&KindLabel { kind })
             .inc();
@@ -244,6 +233,65 @@ impl Metrics {
     }
 }
 
+/// One value per [`LookupResult`], reached through an exhaustive `match`: a new variant
+/// is a compile error here, never an index out of bounds at run time.
+#[derive(Debug)]
+struct ByLookup<T> {
+    hit: T,
+    miss: T,
+    invalid: T,
+    error: T,
+}
+
+impl<T> ByLookup<T> {
+    fn new(mut make: impl FnMut(LookupResult) -> T) -> Self {
+        Self {
+            hit: make(LookupResult::hit),
+            miss: make(LookupResult::miss),
+            invalid: make(LookupResult::invalid),
+            error: make(LookupResult::error),
+        }
+    }
+
+    fn get(&self, result: LookupResult) -> &T {
+        match result {
+            LookupResult::hit => &self.hit,
+            LookupResult::miss => &self.miss,
+            LookupResult::invalid => &self.invalid,
+            LookupResult::error => &self.error,
+        }
+    }
+}
+
+/// One value per [`StoreOp`], like [`ByLookup`].
+#[derive(Debug)]
+struct ByOp<T> {
+    load: T,
+    create: T,
+    replace: T,
+    delete: T,
+}
+
+impl<T> ByOp<T> {
+    fn new(mut make: impl FnMut(StoreOp) -> T) -> Self {
+        Self {
+            load: make(StoreOp::load),
+            create: make(StoreOp::create),
+            replace: make(StoreOp::replace),
+            delete: make(StoreOp::delete),
+        }
+    }
+
+    fn get(&self, op: StoreOp) -> &T {
+        match op {
+            StoreOp::load => &self.load,
+            StoreOp::create => &self.create,
+            StoreOp::replace => &self.replace,
+            StoreOp::delete => &self.delete,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,7 +302,7 @@ mod tests {
         m.request(200, Outcome::Created);
         m.lookup(LookupResult::hit);
         m.store(StoreOp::load, Duration::from_micros(20));
-        m.upstream_error(UpstreamError::timeout);
+        m.upstream_error(UpstreamFailure::timeout);
         let text = m.render();
         for needle in [
             "sessiongate_requests_total{status=\"200\"} 1",

@@ -30,22 +30,20 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     /// No connection could be opened.
-    #[error("cannot connect to {authority}: {source}")]
+    #[error("cannot connect to {authority}: {cause}")]
     Connect {
         /// The upstream.
         authority: Authority,
-        /// Why.
-        #[source]
-        source: std::io::Error,
+        /// Why (in the message, so not also a `source()`).
+        cause: std::io::Error,
     },
     /// The TLS handshake with an https upstream failed.
-    #[error("TLS handshake with {authority} failed: {source}")]
+    #[error("TLS handshake with {authority} failed: {cause}")]
     Tls {
         /// The upstream.
         authority: Authority,
-        /// Why.
-        #[source]
-        source: std::io::Error,
+        /// Why (in the message, so not also a `source()`).
+        cause: std::io::Error,
     },
     /// The exchange broke: a protocol error, a closed connection, or the client's body.
     #[error(transparent)]
@@ -66,7 +64,7 @@ struct Idle {
 }
 
 /// The connection pool for one upstream. Shared by all connections of the proxy.
-pub struct Upstream {
+pub struct UpstreamPool {
     authority: Authority,
     host: String,
     port: u16,
@@ -74,16 +72,16 @@ pub struct Upstream {
     idle: Mutex<VecDeque<Idle>>,
 }
 
-impl std::fmt::Debug for Upstream {
+impl std::fmt::Debug for UpstreamPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream")
+        f.debug_struct("UpstreamPool")
             .field("authority", &self.authority)
             .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
 }
 
-impl Upstream {
+impl UpstreamPool {
     /// The pool for `scheme://authority`; `tls` is the client config used when the scheme
     /// is https.
     pub fn new(scheme: &Scheme, authority: Authority, tls: rustls::ClientConfig) -> Self {
@@ -196,17 +194,17 @@ impl Upstream {
     async fn connect(&self) -> Result<SendRequest<Incoming>, UpstreamError> {
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
-            .map_err(|source| UpstreamError::Connect {
+            .map_err(|cause| UpstreamError::Connect {
                 authority: self.authority.clone(),
-                source,
+                cause,
             })?;
         let _ = tcp.set_nodelay(true);
         let Some(connector) = &self.tls else {
             return handshake(tcp).await;
         };
-        let tls_error = |source| UpstreamError::Tls {
+        let tls_error = |cause| UpstreamError::Tls {
             authority: self.authority.clone(),
-            source,
+            cause,
         };
         let name = ServerName::try_from(self.host.clone())
             .map_err(|e| tls_error(std::io::Error::other(e)))?;
@@ -238,7 +236,7 @@ where
 /// returns its connection to the pool; dropped early, it closes the connection.
 pub struct UpstreamBody {
     inner: Incoming,
-    pooled: Option<(SendRequest<Incoming>, Arc<Upstream>)>,
+    pooled: Option<(SendRequest<Incoming>, Arc<UpstreamPool>)>,
 }
 
 impl std::fmt::Debug for UpstreamBody {

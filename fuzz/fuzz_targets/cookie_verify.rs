@@ -1,4 +1,4 @@
-//! `CookieCodec::verify` and `take_ours` on arbitrary bytes, and the sign -> verify round trip.
+//! `CookieCodec::verify` and `split_ours` on arbitrary bytes, and the sign -> verify round trip.
 #![no_main]
 
 use std::sync::LazyLock;
@@ -7,7 +7,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use sessiongate::cookie::{CookieCodec, VALUE_LEN, Verified, take_ours};
+use sessiongate::cookie::{CookieCodec, VALUE_LEN, Verified, split_ours};
 use sessiongate::secrets::Secret;
 use sessiongate::session::SessionId;
 
@@ -54,7 +54,7 @@ fn check_verify(value: &[u8]) -> Option<Verified> {
     got
 }
 
-fn check_take_ours(data: &[u8], name: &str) {
+fn check_split_ours(data: &[u8], name: &str) {
     // Each line is one Cookie header.
     let mut headers = HeaderMap::new();
     for line in data.split(|b| *b == b'\n') {
@@ -72,7 +72,7 @@ fn check_take_ours(data: &[u8], name: &str) {
         .get_all(http::header::COOKIE)
         .iter()
         .any(|h| h.as_bytes().split(|b| *b == b';').any(ours));
-    let Some(found) = take_ours(&headers, name) else {
+    let Some(found) = split_ours(&headers, name) else {
         assert!(!expect_some, "missed our cookie");
         return;
     };
@@ -88,7 +88,7 @@ fn check_take_ours(data: &[u8], name: &str) {
         let mut again = HeaderMap::new();
         again.insert(http::header::COOKIE, rest);
         assert!(
-            take_ours(&again, name).is_none(),
+            split_ours(&again, name).is_none(),
             "our cookie survived in the rest"
         );
     }
@@ -100,9 +100,9 @@ fuzz_target!(|data: &[u8]| {
     // 1. verify on arbitrary bytes.
     let _ = check_verify(data);
 
-    // 2. take_ours on arbitrary Cookie headers, with the default name and a prefixed one.
-    check_take_ours(data, "session");
-    check_take_ours(data, "__Host-sid");
+    // 2. split_ours on arbitrary Cookie headers, with the default name and a prefixed one.
+    check_split_ours(data, "session");
+    check_split_ours(data, "__Host-sid");
 
     // 3. sign -> verify round trip with an ID made from the first 32 bytes.
     if data.len() >= 32 {
@@ -137,7 +137,7 @@ fuzz_target!(|data: &[u8]| {
             http::header::COOKIE,
             HeaderValue::from_str(&format!("a=1; session={signed} ;b=2")).unwrap(),
         );
-        let found = take_ours(&h, "session").unwrap();
+        let found = split_ours(&h, "session").unwrap();
         assert_eq!(found.values, vec![signed.as_bytes()]);
         assert_eq!(found.rest.as_deref(), Some(&b"a=1; b=2"[..]));
     }

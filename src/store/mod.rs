@@ -48,6 +48,9 @@ pub use memory::MemoryStore;
 use crate::session::{CorruptRecord, Record, SessionId};
 
 /// Why a store operation failed.
+///
+/// Each message carries its cause in its own text, so no variant also reports it as
+/// `source()`: a chain printer would otherwise print it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The operation did not finish within `store.timeout_ms`.
@@ -55,7 +58,11 @@ pub enum StoreError {
     Timeout(Duration),
     /// The store could not be reached or refused the command.
     #[error("store unavailable: {0}")]
-    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Unavailable(Box<dyn std::error::Error + Send + Sync>),
+    /// The store answered, but a write lost every compare-and-set round to concurrent
+    /// writers (or every fresh ID collided): the store is up, the session is busy.
+    #[error("store contention: {0}")]
+    Contention(&'static str),
     /// The stored value could not be read.
     #[error(transparent)]
     Corrupt(#[from] CorruptRecord),

@@ -1,8 +1,10 @@
-//! Session identity and contents: [`SessionId`], the stored [`Record`], and the
-//! RFC 7396 JSON Merge Patch that `X-Session-Update` applies (SPEC §4, §6, §7).
+//! Session identity and contents: [`SessionId`], the stored [`Record`], the RFC 7396 JSON
+//! Merge Patch that `X-Session-Update` applies, and the [`Lifetime`] rules (SPEC §4, §6, §7).
 //!
 //! Session data is kept as serialized JSON text (always an object). It is parsed only
 //! when a directive changes it or `[forward.headers]` needs a field.
+
+mod lifetime;
 
 use std::cell::RefCell;
 use std::fmt;
@@ -13,6 +15,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value};
+
+pub use lifetime::Lifetime;
 
 /// Length of a session ID in bytes (SPEC §4).
 pub const ID_BYTES: usize = 32;

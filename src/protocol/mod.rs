@@ -1,20 +1,20 @@
 //! The header protocol between client, proxy and upstream (SPEC §5, §6): which header names
-//! are reserved for the proxy, hop-by-hop removal, and the `X-Session-*` directives the
-//! upstream answers with.
+//! are reserved for the proxy, hop-by-hop removal, upgrades, the cache rule for responses
+//! that carry our cookie, and (in [`directives`]) the `X-Session-*` directives the upstream
+//! answers with.
 //!
 //! Header names arrive lower-cased from hyper, but `_` and `-` are different bytes to the
 //! `http` crate while CGI, WSGI and PHP read them as one. Every comparison here therefore
 //! reads `_` as `-` (CVE-2025-64484 in oauth2-proxy was this mistake).
 
-use http::header::{self, HeaderMap, HeaderName};
-use serde_json::{Map, Value};
+mod directives;
 
-/// `X-Session-Destroy`: delete the session.
-pub static X_SESSION_DESTROY: HeaderName = HeaderName::from_static("x-session-destroy");
-/// `X-Session-Set`: replace the session data.
-pub static X_SESSION_SET: HeaderName = HeaderName::from_static("x-session-set");
-/// `X-Session-Update`: merge-patch the session data.
-pub static X_SESSION_UPDATE: HeaderName = HeaderName::from_static("x-session-update");
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+pub use directives::{
+    DirectiveError, Directives, X_SESSION_DESTROY, X_SESSION_SET, X_SESSION_UPDATE,
+    parse_directives,
+};
 
 const RESERVED_PREFIX: &[u8] = b"x-session";
 
@@ -156,92 +156,41 @@ pub fn remove_where(headers: &mut HeaderMap, mut drop: impl FnMut(&HeaderName) -
     }
 }
 
-/// The session changes an upstream response asks for, validated but not yet applied.
-#[derive(Debug, Default, PartialEq)]
-pub struct Directives {
-    /// `X-Session-Destroy` was present.
-    pub destroy: bool,
-    /// `X-Session-Set`: the new data.
-    pub set: Option<Map<String, Value>>,
-    /// `X-Session-Update`: the merge patch.
-    pub update: Option<Map<String, Value>>,
+/// True when the request asks to switch protocols (`Connection: upgrade` + `Upgrade`).
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-impl Directives {
-    /// True when the response changes nothing.
-    pub fn is_empty(&self) -> bool {
-        !self.destroy && self.set.is_none() && self.update.is_none()
+/// SPEC §6: a response that sets or clears our cookie is never stored by a shared cache:
+/// `Cache-Control` loses `public` and gains `private` (unless it says `no-store`).
+pub fn make_private(headers: &mut HeaderMap) {
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+        return;
     }
-}
-
-/// Why an upstream directive was refused. Never carries the header's value.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DirectiveError {
-    /// The header appeared more than once.
-    #[error("{header} appears more than once")]
-    Repeated {
-        /// The header.
-        header: &'static str,
-    },
-    /// The value is not UTF-8 JSON.
-    #[error("{header} is not valid JSON: {reason}")]
-    NotJson {
-        /// The header.
-        header: &'static str,
-        /// The parser's complaint (position and kind, no content).
-        reason: String,
-    },
-    /// The value is JSON but not an object.
-    #[error("{header} is not a JSON object")]
-    NotObject {
-        /// The header.
-        header: &'static str,
-    },
-    /// The resulting session data is larger than `max_bytes`.
-    #[error("{header} makes the session {size} bytes, over session.max_bytes = {max}")]
-    TooLarge {
-        /// The header.
-        header: &'static str,
-        /// Resulting size.
-        size: usize,
-        /// The limit.
-        max: usize,
-    },
-}
-
-/// Reads the directives from an upstream response's headers. Headers in the namespace that
-/// are not one of the three exact names are ignored here (and stripped by the caller).
-///
-/// # Errors
-/// When a directive is repeated, not JSON, or not a JSON object.
-pub fn parse_directives(headers: &HeaderMap) -> Result<Directives, DirectiveError> {
-    Ok(Directives {
-        destroy: headers.contains_key(&X_SESSION_DESTROY),
-        set: object(headers, &X_SESSION_SET, "X-Session-Set")?,
-        update: object(headers, &X_SESSION_UPDATE, "X-Session-Update")?,
-    })
-}
-
-fn object(
-    headers: &HeaderMap,
-    name: &HeaderName,
-    header: &'static str,
-) -> Result<Option<Map<String, Value>>, DirectiveError> {
-    let mut values = headers.get_all(name).iter();
-    let Some(value) = values.next() else {
-        return Ok(None);
-    };
-    if values.next().is_some() {
-        return Err(DirectiveError::Repeated { header });
+    let mut directives: Vec<String> = headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|d| d.trim().to_owned())
+        .filter(|d| !d.is_empty() && !d.eq_ignore_ascii_case("public"))
+        .collect();
+    let has = |name: &str| directives.iter().any(|d| d.eq_ignore_ascii_case(name));
+    if !has("private") && !has("no-store") {
+        directives.push("private".into());
     }
-    match serde_json::from_slice::<Value>(value.as_bytes()) {
-        Ok(Value::Object(map)) => Ok(Some(map)),
-        Ok(_) => Err(DirectiveError::NotObject { header }),
-        Err(e) => Err(DirectiveError::NotJson {
-            header,
-            reason: format!("{:?} at column {}", e.classify(), e.column()),
-        }),
-    }
+    let value = directives.join(", ");
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_str(&value).unwrap_or(HeaderValue::from_static("private")),
+    );
 }
 
 #[cfg(test)]
@@ -322,56 +271,35 @@ mod tests {
     }
 
     #[test]
-    fn directives_parse_and_reject() {
+    fn make_private_drops_public_and_adds_private() {
         let mut h = HeaderMap::new();
-        h.insert("x-session-destroy", HeaderValue::from_static("1"));
-        h.insert("x-session-set", HeaderValue::from_static(r#"{"userId":1}"#));
         h.insert(
-            "x-session-update",
-            HeaderValue::from_bytes("{\"name\":\"Zoë\"}".as_bytes()).unwrap(),
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=600"),
         );
-        let d = parse_directives(&h).unwrap();
-        assert!(d.destroy);
-        assert_eq!(d.set.unwrap()["userId"], 1);
-        assert_eq!(d.update.unwrap()["name"], "Zoë");
+        make_private(&mut h);
+        assert_eq!(h[header::CACHE_CONTROL], "max-age=600, private");
 
-        for (v, want) in [
-            ("[1]", "X-Session-Set is not a JSON object"),
-            ("\"x\"", "X-Session-Set is not a JSON object"),
-            ("null", "X-Session-Set is not a JSON object"),
-        ] {
-            let mut h = HeaderMap::new();
-            h.insert("x-session-set", HeaderValue::from_static(v));
-            assert_eq!(parse_directives(&h).unwrap_err().to_string(), want);
-        }
         let mut h = HeaderMap::new();
-        h.insert("x-session-update", HeaderValue::from_static("{nope"));
-        assert!(matches!(
-            parse_directives(&h),
-            Err(DirectiveError::NotJson {
-                header: "X-Session-Update",
-                ..
-            })
-        ));
+        make_private(&mut h);
+        assert_eq!(h[header::CACHE_CONTROL], "private");
+
         let mut h = HeaderMap::new();
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        make_private(&mut h);
+        assert_eq!(h[header::CACHE_CONTROL], "no-store");
+    }
+
+    #[test]
+    fn upgrade_detection_needs_both_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(!wants_upgrade(&h));
         h.insert(
-            "x-session-update",
-            HeaderValue::from_bytes(b"{\"a\":\"\xff\"}").unwrap(),
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
         );
-        assert!(matches!(
-            parse_directives(&h),
-            Err(DirectiveError::NotJson { .. })
-        ));
-        let mut h = HeaderMap::new();
-        h.append("x-session-set", HeaderValue::from_static("{}"));
-        h.append("x-session-set", HeaderValue::from_static("{}"));
-        assert_eq!(
-            parse_directives(&h),
-            Err(DirectiveError::Repeated {
-                header: "X-Session-Set"
-            })
-        );
-        assert!(parse_directives(&HeaderMap::new()).unwrap().is_empty());
+        assert!(wants_upgrade(&h));
     }
 
     #[test]

@@ -1,0 +1,385 @@
+//! The request path (SPEC §5–§7): [`Gate::handle`] runs four phases around a per-request
+//! context, one file each:
+//!
+//! 1. [`request`]: strip hop-by-hop, reserved and underscore headers, take our cookie out
+//!    of `Cookie`, verify it, and load the session (only for a verified cookie);
+//! 2. [`request`]: add `Host`, `X-Forwarded-*`, the signed token and `[forward.headers]`;
+//!    the upstream exchange itself is [`crate::upstream`];
+//! 3. [`response`]: validate the directives, apply Destroy → Set → Update to the store,
+//!    strip `x-session*` and our cookie from the response, set the cookie;
+//! 4. here: one access event and the metrics, written by a drop guard, so that a request
+//!    whose client went away (hyper then drops this future) is still counted and logged.
+//!
+//! Bodies are streamed both ways; upgrades are bridged once the upstream answers 101.
+
+mod request;
+mod response;
+
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tracing::{debug, warn};
+
+use crate::config::{Config, OnError};
+use crate::cookie::{CookieCodec, SetCookieBuilder};
+use crate::error::GateError;
+use crate::metrics::{Metrics, StoreOp, UpstreamFailure};
+use crate::protocol::{self, ReservedNames};
+use crate::secrets::Secrets;
+use crate::session::{Lifetime, Record, SessionId, unix_now};
+use crate::store::{Store, StoreError};
+use crate::telemetry::{Access, Outcome};
+use crate::token::TokenSigner;
+use crate::upstream::{UpstreamBody, UpstreamPool};
+
+/// The body of every response the proxy sends: the upstream's, streamed, or its own.
+pub type Body = Either<UpstreamBody, Full<Bytes>>;
+
+/// The client end of a connection, as every request on it needs it.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The peer's address.
+    pub addr: SocketAddr,
+    /// Its IP as a header value, for `X-Forwarded-For` (formatted once per connection).
+    ip_header: HeaderValue,
+    /// True when the connection is TLS.
+    pub tls: bool,
+}
+
+impl Peer {
+    /// The peer at `addr`, over TLS when `tls`.
+    pub fn new(addr: SocketAddr, tls: bool) -> Self {
+        let ip_header = HeaderValue::from_str(&addr.ip().to_string())
+            .expect("an IP address is a valid header value");
+        Self {
+            addr,
+            ip_header,
+            tls,
+        }
+    }
+}
+
+/// The session state of one request, after lookup.
+#[derive(Clone)]
+enum Lookup {
+    /// No usable session: none sent, bad cookie, or store unreadable with `on_error = anonymous`.
+    Anonymous,
+    /// An active session.
+    Active {
+        id: SessionId,
+        rec: Record,
+        rotated: bool,
+    },
+    /// A verified cookie whose session no longer exists: clear the cookie.
+    Gone,
+}
+
+/// What the response does with the cookie.
+enum CookieOut {
+    Keep,
+    Set(SessionId),
+    Clear,
+}
+
+/// Per-request context carried through the phases.
+struct Ctx {
+    /// Unix seconds, read on first use: an anonymous request needs no wall clock.
+    now: Cell<Option<u64>>,
+    tls: bool,
+    lookup: Lookup,
+    outcome: Outcome,
+}
+
+impl Ctx {
+    /// The request's wall-clock time in Unix seconds (one reading per request).
+    fn now(&self) -> u64 {
+        if let Some(now) = self.now.get() {
+            return now;
+        }
+        let now = unix_now();
+        self.now.set(Some(now));
+        now
+    }
+}
+
+/// The proxy: configuration turned into ready-to-use parts, shared by every connection.
+pub struct Gate {
+    upstream: Arc<UpstreamPool>,
+    upstream_authority: HeaderValue,
+    upstream_timeout: Duration,
+    trusted_proxies: Vec<crate::config::Cidr>,
+    underscores_in_headers: bool,
+    cookie_name: String,
+    lifetime: Lifetime,
+    max_bytes: usize,
+    regenerate_on_set: bool,
+    on_error: OnError,
+    forward_header: HeaderName,
+    forward_headers: Vec<(HeaderName, String)>,
+    reserved: ReservedNames,
+    codec: CookieCodec,
+    signer: TokenSigner,
+    set_cookie: SetCookieBuilder,
+    store: Store,
+    metrics: Arc<Metrics>,
+    draining: AtomicBool,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate")
+            .field("upstream", &self.upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gate {
+    /// Builds the proxy from validated config, secrets, a store and the metrics it updates.
+    ///
+    /// # Errors
+    /// When the `server.upstream_ca` bundle of an https upstream cannot be loaded.
+    pub fn new(
+        config: &Config,
+        secrets: &Secrets,
+        store: Store,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, crate::tls::TlsError> {
+        let tls = if config.server.upstream.scheme == http::uri::Scheme::HTTPS {
+            crate::tls::client_config(config.server.upstream_ca.as_deref())?
+        } else {
+            // Never used: the upstream is plain http.
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("the ring provider supports the default protocol versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()
+        };
+        let upstream = &config.server.upstream;
+        let forward_names = std::iter::once(&config.forward.header)
+            .chain(config.forward.headers.iter().map(|(h, _)| h));
+        Ok(Self {
+            upstream: Arc::new(UpstreamPool::new(
+                &upstream.scheme,
+                upstream.authority.clone(),
+                tls,
+            )),
+            upstream_authority: HeaderValue::from_str(upstream.authority.as_str())
+                .expect("a URI authority is a valid header value"),
+            upstream_timeout: config.server.upstream_timeout,
+            trusted_proxies: config.server.trusted_proxies.clone(),
+            underscores_in_headers: config.server.underscores_in_headers,
+            cookie_name: config.session.cookie_name.clone(),
+            lifetime: Lifetime {
+                ttl_sec: config.session.ttl_sec,
+                absolute_ttl_sec: config.session.absolute_ttl_sec,
+                cookie_refresh_sec: config.session.cookie_refresh_sec,
+            },
+            max_bytes: config.session.max_bytes,
+            regenerate_on_set: config.session.regenerate_on_set,
+            on_error: config.store.on_error,
+            forward_header: config.forward.header.clone(),
+            forward_headers: config.forward.headers.clone(),
+            reserved: ReservedNames::new(forward_names),
+            codec: CookieCodec::new(&secrets.session, &secrets.previous),
+            signer: TokenSigner::new(&secrets.upstream, config.forward.token_ttl_sec),
+            set_cookie: SetCookieBuilder::new(
+                &config.session.cookie_name,
+                config.cookie.clone(),
+                config.session.ttl_sec,
+            ),
+            store,
+            metrics,
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// From now on, every HTTP/1 response asks the client to close its connection.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// The store this gate uses.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The metrics this gate updates.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Runs a store operation and records its latency.
+    async fn timed<T>(
+        &self,
+        op: StoreOp,
+        fut: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = fut.await;
+        self.metrics.store(op, started.elapsed());
+        result
+    }
+
+    /// Serves one request from `peer`. Never fails: errors become short plain responses.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: Peer,
+    ) -> Result<Response<Body>, Infallible> {
+        let http1 = req.version() <= Version::HTTP_11;
+        self.metrics.in_flight().inc();
+        let mut done = Finish {
+            gate: &self,
+            access: Access::take(req.method(), req.uri()),
+            ctx: Ctx {
+                now: Cell::new(None),
+                tls: peer.tls,
+                lookup: Lookup::Anonymous,
+                outcome: Outcome::None,
+            },
+            status: None,
+        };
+        let mut res = match self.proxy(&mut done.ctx, req, peer).await {
+            Ok(res) => res,
+            Err(err) => {
+                match &err {
+                    GateError::Upstream(_) => {
+                        self.metrics.upstream_error(UpstreamFailure::unreachable)
+                    }
+                    GateError::UpstreamTimeout(_) => {
+                        self.metrics.upstream_error(UpstreamFailure::timeout)
+                    }
+                    GateError::BadDirective(_) => {
+                        self.metrics.upstream_error(UpstreamFailure::bad_directive)
+                    }
+                    GateError::ClientBody(_) | GateError::Store(_) => {}
+                }
+                match &err {
+                    GateError::Store(StoreError::Contention(_)) => {
+                        warn!(error = %err, "request failed")
+                    }
+                    GateError::Store(_) => tracing::error!(error = %err, "request failed"),
+                    _ => warn!(error = %err, "request failed"),
+                }
+                plain(err.status(), err.public_message())
+            }
+        };
+        if http1 && self.draining.load(Ordering::Relaxed) {
+            // Shutting down: tell keep-alive clients to take their next request elsewhere,
+            // so no connection is closed under a request the client is already sending.
+            res.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        done.status = Some(res.status());
+        Ok(res)
+    }
+
+    async fn proxy(
+        self: &Arc<Self>,
+        ctx: &mut Ctx,
+        mut req: Request<Incoming>,
+        peer: Peer,
+    ) -> Result<Response<Body>, GateError> {
+        let client_upgrade =
+            protocol::wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        self.on_request(ctx, &mut parts.headers).await?;
+        let upstream_req = self.to_upstream(ctx, parts, body, peer);
+
+        let sent = Instant::now();
+        let mut res = match tokio::time::timeout_at(
+            tokio::time::Instant::from_std(sent) + self.upstream_timeout,
+            self.upstream.send(upstream_req),
+        )
+        .await
+        {
+            Err(_) => return Err(GateError::UpstreamTimeout(self.upstream_timeout)),
+            Ok(Err(e)) if e.is_client_body() => {
+                return Err(GateError::ClientBody(Box::new(e)));
+            }
+            Ok(Err(e)) => return Err(GateError::Upstream(Box::new(e))),
+            Ok(Ok(res)) => res,
+        };
+        self.metrics.upstream(sent.elapsed());
+
+        if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_upgrade)) =
+            (res.status(), client_upgrade)
+        {
+            let upstream_upgrade = hyper::upgrade::on(&mut res);
+            tokio::spawn(bridge(client_upgrade, upstream_upgrade));
+        }
+        let (mut parts, body) = res.into_parts();
+        if parts.status != StatusCode::SWITCHING_PROTOCOLS {
+            // The upstream's hop-by-hop headers (and those its `Connection` names) end here.
+            protocol::strip_hop_by_hop(&mut parts.headers);
+        }
+        self.on_upstream_response(ctx, &mut parts.headers).await?;
+        Ok(Response::from_parts(parts, Either::Left(body)))
+    }
+}
+
+/// Phase 4, as a drop guard: the in-flight gauge, the request metrics and the access line
+/// (SPEC §9). hyper drops a request's future when its client goes away; the guard then
+/// still brings the gauge down and writes the line, with status 499 (nginx's "client
+/// closed request") and the session outcome reached so far.
+struct Finish<'a> {
+    gate: &'a Gate,
+    access: Option<Access>,
+    ctx: Ctx,
+    /// The status sent; `None` while the response is not ready.
+    status: Option<StatusCode>,
+}
+
+/// The status logged and counted for a request whose client went away before its answer.
+pub const CLIENT_CLOSED: u16 = 499;
+
+impl Drop for Finish<'_> {
+    fn drop(&mut self) {
+        let status = self.status.map_or(CLIENT_CLOSED, |s| s.as_u16());
+        let metrics = &self.gate.metrics;
+        metrics.in_flight().dec();
+        metrics.request(status, self.ctx.outcome);
+        if let Some(access) = &self.access {
+            access.log(status, self.ctx.outcome);
+        }
+    }
+}
+
+async fn bridge(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    match tokio::try_join!(client, upstream) {
+        Ok((c, u)) => {
+            let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                debug!(error = %e, "upgraded connection ended");
+            }
+        }
+        Err(e) => debug!(error = %e, "upgrade did not complete"),
+    }
+}
+
+/// A short plain-text response from the proxy itself.
+pub fn plain(status: StatusCode, line: &'static str) -> Response<Body> {
+    let mut res = Response::new(Either::Right(Full::new(Bytes::from_static(
+        line.as_bytes(),
+    ))));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}

@@ -1,0 +1,187 @@
+//! Phases 1 and 2 of the request path: what the client sent becomes what the upstream
+//! receives (SPEC §5).
+//!
+//! 1. [`Gate::on_request`]: hop-by-hop, reserved and underscore headers removed before
+//!    anything is read; our cookie taken out of `Cookie` and verified; the session loaded
+//!    (only for a verified cookie: a bad cookie never costs a store access).
+//! 2. [`Gate::to_upstream`]: `Host`, `X-Forwarded-*`, the signed token and
+//!    `[forward.headers]`, and an origin-form target.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Uri, Version};
+use hyper::body::Incoming;
+use serde_json::Value;
+use tracing::{debug, warn};
+
+use super::{Ctx, Gate, Lookup, Peer};
+use crate::config::OnError;
+use crate::cookie::{self, Verified};
+use crate::error::GateError;
+use crate::metrics::{LookupResult, StoreOp};
+use crate::protocol;
+use crate::store::SessionStore;
+use crate::telemetry::Outcome;
+use crate::token;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+impl Gate {
+    /// Phase 1: sanitize the client's headers and look the session up.
+    pub(super) async fn on_request(
+        &self,
+        ctx: &mut Ctx,
+        headers: &mut HeaderMap,
+    ) -> Result<(), GateError> {
+        // SPEC §5: hop-by-hop first (so a client's `Connection` cannot remove what we add),
+        // then the reserved namespace and underscore names, before anything else is read.
+        let upgrade = protocol::strip_hop_by_hop(headers);
+        let keep_underscores = self.underscores_in_headers;
+        protocol::remove_where(headers, |name| {
+            self.reserved.contains(name)
+                || (!keep_underscores && name.as_str().contains('_'))
+                || name == header::EXPECT
+        });
+        if let Some(proto) = upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, proto);
+        }
+
+        let verified = match cookie::split_ours(headers, &self.cookie_name) {
+            None => return Ok(()),
+            Some(found) => {
+                let verified = found.values.iter().find_map(|v| self.codec.verify(v));
+                let rest = found.rest.map(HeaderValue::from_maybe_shared);
+                headers.remove(header::COOKIE);
+                if let Some(Ok(rest)) = rest {
+                    headers.insert(header::COOKIE, rest);
+                }
+                verified
+            }
+        };
+        let Some(Verified { id, rotated }) = verified else {
+            self.metrics.lookup(LookupResult::invalid);
+            ctx.outcome = Outcome::Invalid;
+            debug!("session cookie failed verification");
+            return Ok(());
+        };
+
+        match self
+            .timed(StoreOp::load, self.store.load(&id, self.lifetime.ttl()))
+            .await
+        {
+            Ok(Some(rec)) if self.lifetime.is_past_absolute(&rec, ctx.now()) => {
+                debug!("session reached absolute_ttl_sec");
+                self.timed(StoreOp::delete, self.store.delete(&id)).await?;
+                self.metrics.lookup(LookupResult::miss);
+                self.metrics.destroyed();
+                ctx.lookup = Lookup::Gone;
+                ctx.outcome = Outcome::Miss;
+            }
+            Ok(Some(rec)) => {
+                self.metrics.lookup(LookupResult::hit);
+                ctx.lookup = Lookup::Active { id, rec, rotated };
+                ctx.outcome = Outcome::Hit;
+            }
+            Ok(None) => {
+                self.metrics.lookup(LookupResult::miss);
+                ctx.lookup = Lookup::Gone;
+                ctx.outcome = Outcome::Miss;
+            }
+            Err(e) => {
+                self.metrics.lookup(LookupResult::error);
+                ctx.outcome = Outcome::Error;
+                match self.on_error {
+                    OnError::Fail => return Err(e.into()),
+                    OnError::Anonymous => {
+                        warn!(error = %e, "session store read failed; forwarding as anonymous");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Phase 2: the request the upstream receives.
+    pub(super) fn to_upstream(
+        &self,
+        ctx: &Ctx,
+        mut parts: http::request::Parts,
+        body: Incoming,
+        peer: Peer,
+    ) -> Request<Incoming> {
+        let headers = &mut parts.headers;
+        // The client's Host (HTTP/2: its :authority) goes on; without one, the upstream's.
+        let host = headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        if headers.get(header::HOST).is_none() {
+            let h = host
+                .clone()
+                .unwrap_or_else(|| self.upstream_authority.clone());
+            headers.insert(header::HOST, h);
+        }
+
+        let trusted = self
+            .trusted_proxies
+            .iter()
+            .any(|c| c.contains(peer.addr.ip()));
+        let peer_ip = peer.ip_header;
+        let xff = match headers.get(&X_FORWARDED_FOR) {
+            Some(prev) if trusted => {
+                let mut v = prev.as_bytes().to_vec();
+                v.extend_from_slice(b", ");
+                v.extend_from_slice(peer_ip.as_bytes());
+                HeaderValue::from_bytes(&v).unwrap_or(peer_ip)
+            }
+            _ => peer_ip,
+        };
+        // Replace (never extend) unless the peer is a trusted proxy. `insert` replaces
+        // every value the client sent under the name.
+        let proto = HeaderValue::from_static(if ctx.tls { "https" } else { "http" });
+        headers.insert(X_FORWARDED_FOR.clone(), xff);
+        if trusted {
+            if !headers.contains_key(&X_FORWARDED_PROTO) {
+                headers.insert(X_FORWARDED_PROTO.clone(), proto);
+            }
+            if let (false, Some(h)) = (headers.contains_key(&X_FORWARDED_HOST), host) {
+                headers.insert(X_FORWARDED_HOST.clone(), h);
+            }
+        } else {
+            headers.insert(X_FORWARDED_PROTO.clone(), proto);
+            match host {
+                Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h),
+                None => headers.remove(&X_FORWARDED_HOST),
+            };
+        }
+
+        if let Lookup::Active { id, rec, .. } = &ctx.lookup {
+            headers.insert(
+                self.forward_header.clone(),
+                self.signer.mint(id, &rec.data, ctx.now()),
+            );
+            if !self.forward_headers.is_empty()
+                && let Ok(data) = serde_json::from_str::<Value>(&rec.data)
+            {
+                for (name, field) in &self.forward_headers {
+                    if let Some(v) = token::field_value(&data, field) {
+                        headers.insert(name.clone(), v);
+                    }
+                }
+            }
+        }
+
+        // Origin form: the connection already goes to the upstream.
+        parts.uri = match parts.uri.path_and_query() {
+            Some(pq) if pq.as_str().starts_with('/') => Uri::from(pq.clone()),
+            Some(pq) if pq.as_str() == "*" => Uri::from(pq.clone()),
+            _ => Uri::from_static("/"),
+        };
+        parts.version = Version::HTTP_11;
+        Request::from_parts(parts, body)
+    }
+}
