@@ -7,7 +7,7 @@
 //! default) has no span, and its error says `PATH: ...` without pretending to a position.
 
 use std::fmt;
-use std::io::{ErrorKind, Read as _};
+use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -496,44 +496,13 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         path: path.to_owned(),
         source,
     };
-    let text = String::from_utf8(read_small_file(path).map_err(io_err)?).map_err(|_| {
+    let text = String::from_utf8(crate::fs::read_small_file(path).map_err(io_err)?).map_err(|_| {
         io_err(std::io::Error::new(
             ErrorKind::InvalidData,
             "not UTF-8 text",
         ))
     })?;
     parse(path, &text)
-}
-
-/// The most a config, certificate, key or CA file may hold.
-const MAX_FILE_BYTES: u64 = 1 << 20;
-
-/// Reads a file the operator named (config, certificate, key, CA bundle). Only a regular
-/// file of at most 1 MiB is read: a FIFO would block `check` and start-up, and a device
-/// such as `/dev/zero` would never end.
-///
-/// # Errors
-/// When the file cannot be read, is not a regular file, or is larger than 1 MiB.
-pub(crate) fn read_small_file(path: &Path) -> std::io::Result<Vec<u8>> {
-    let meta = std::fs::metadata(path)?;
-    if !meta.is_file() {
-        return Err(std::io::Error::new(
-            ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
-    let mut bytes =
-        Vec::with_capacity(usize::try_from(meta.len().min(MAX_FILE_BYTES)).unwrap_or(0));
-    std::fs::File::open(path)?
-        .take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(std::io::Error::new(
-            ErrorKind::InvalidData,
-            "larger than 1 MiB",
-        ));
-    }
-    Ok(bytes)
 }
 
 /// Parses and validates config `text` that came from `path`.

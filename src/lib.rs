@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod cookie;
 pub mod error;
+pub mod fs;
 pub mod metrics;
 pub mod protocol;
 pub mod proxy;

@@ -68,7 +68,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    crate::config::read_small_file(path).map_err(|source| TlsError::Read {
+    crate::fs::read_small_file(path).map_err(|source| TlsError::Read {
         path: path.to_owned(),
         source,
     })
