@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod cidr;
 pub mod cli;
 pub mod config;
 pub mod cookie;
