@@ -87,7 +87,7 @@ pub struct ServerSettings {
     /// The proxy's address.
     pub listen: SocketAddr,
     /// The upstream.
-    pub upstream: Upstream,
+    pub upstream: UpstreamUrl,
     /// Worker threads (resolved: never 0).
     pub threads: usize,
     /// Admin listener, if any.
@@ -110,9 +110,9 @@ pub struct ServerSettings {
     pub upstream_ca: Option<PathBuf>,
 }
 
-/// The upstream application's address.
+/// `server.upstream`: the application's scheme and host:port (no path, no userinfo).
 #[derive(Debug, Clone)]
-pub struct Upstream {
+pub struct UpstreamUrl {
     /// `http` or `https`.
     pub scheme: http::uri::Scheme,
     /// host:port.

@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use super::Validator;
 use crate::cidr::Cidr;
-use crate::config::{ConfigError, RawServer, ServerSettings, Upstream};
+use crate::config::{ConfigError, RawServer, ServerSettings, UpstreamUrl};
 
 impl Validator<'_> {
     /// Checks `[server]` and resolves `threads = 0` and the `""` that means "off".
     pub(super) fn server(&self, server: RawServer) -> Result<ServerSettings, ConfigError> {
         let listen = self.socket_addr("server.listen", &server.listen)?;
-        let upstream = self.upstream(&server.upstream)?;
+        let upstream = self.upstream_url(&server.upstream)?;
         let admin_listen = if server.admin_listen.is_empty() {
             None
         } else {
@@ -117,7 +117,7 @@ impl Validator<'_> {
         })
     }
 
-    fn upstream(&self, value: &str) -> Result<Upstream, ConfigError> {
+    fn upstream_url(&self, value: &str) -> Result<UpstreamUrl, ConfigError> {
         const KEY: &str = "server.upstream";
         if value.is_empty() {
             return Err(self.err(
@@ -149,7 +149,7 @@ impl Validator<'_> {
                 format!("{value:?} must not have a path or query; requests keep their own path"),
             ));
         }
-        Ok(Upstream {
+        Ok(UpstreamUrl {
             scheme: scheme.clone(),
             authority: authority.clone(),
         })
