@@ -29,13 +29,12 @@ pub use crate::cidr::Cidr;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{path}: cannot read config file: {source}", path = path.display())]
+    #[error("{path}: cannot read config file: {cause}", path = path.display())]
     Io {
         /// The file.
         path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
+        /// Why; shown in the message, so it is not also the error's `source`.
+        cause: std::io::Error,
     },
     /// A problem at a known place in the file.
     #[error("{path}:{line}:{col}: {msg}", path = path.display())]
@@ -191,9 +190,9 @@ pub struct ForwardSettings {
 /// # Errors
 /// When the file cannot be read, is not valid TOML, has unknown keys or bad values.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let io_err = |source| ConfigError::Io {
+    let io_err = |cause| ConfigError::Io {
         path: path.to_owned(),
-        source,
+        cause,
     };
     let text =
         String::from_utf8(crate::fs::read_small_file(path).map_err(io_err)?).map_err(|_| {
@@ -256,6 +255,20 @@ mod tests {
         assert_eq!(c.forward.header.as_str(), "x-session");
         assert_eq!(c.forward.token_ttl_sec, 60);
         assert_eq!(c.log, LogFormat::Text);
+    }
+
+    #[test]
+    fn unreadable_file_prints_its_cause_once() {
+        let path = Path::new("/nonexistent/proxy.toml");
+        let cause = std::fs::metadata(path).unwrap_err().to_string();
+        let err = load(path).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("/nonexistent/proxy.toml: cannot read config file: {cause}")
+        );
+        // The message carries the cause, so it is not a `source` too: a chain reporter
+        // prints the message and then each source.
+        assert!(std::error::Error::source(&err).is_none());
     }
 
     #[test]
