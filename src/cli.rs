@@ -81,6 +81,8 @@ fn serve(config: &Config, secrets: &Secrets) -> ExitCode {
     };
     runtime.block_on(async {
         telemetry::init(config.log);
+        // Before binding: once the proxy answers, a SIGHUP must not stop it.
+        let sighup = server::Sighup::listen();
         for warning in warnings(config, secrets) {
             tracing::warn!("{warning}");
         }
@@ -88,9 +90,7 @@ fn serve(config: &Config, secrets: &Secrets) -> ExitCode {
             Ok(r) => r,
             Err(e) => return fail(&e.to_string()),
         };
-        if let Some(tls) = running.tls() {
-            tokio::spawn(server::reload_on_sighup(tls.clone()));
-        }
+        tokio::spawn(sighup.serve(running.tls().cloned()));
         server::shutdown_signal().await;
         tracing::info!("signal received");
         running.shutdown().await;
