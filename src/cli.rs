@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config, StoreKind};
 use crate::secrets::{Env, ProcessEnv, Secrets};
+use crate::store::RedisStore;
 use crate::{server, telemetry};
 
 /// sessiongate: cookie-based, server-side sessions in front of any web application.
@@ -80,6 +81,8 @@ fn serve(config: &Config, secrets: &Secrets) -> ExitCode {
     };
     runtime.block_on(async {
         telemetry::init(config.log);
+        // Before binding: once the proxy answers, a SIGHUP must not stop it.
+        let sighup = server::Sighup::listen();
         for warning in warnings(config, secrets) {
             tracing::warn!("{warning}");
         }
@@ -87,9 +90,7 @@ fn serve(config: &Config, secrets: &Secrets) -> ExitCode {
             Ok(r) => r,
             Err(e) => return fail(&e.to_string()),
         };
-        if let Some(tls) = running.tls() {
-            tokio::spawn(server::reload_on_sighup(tls.clone()));
-        }
+        tokio::spawn(sighup.serve(running.tls().cloned()));
         server::shutdown_signal().await;
         tracing::info!("signal received");
         running.shutdown().await;
@@ -184,12 +185,12 @@ pub fn describe(config: &Config, secrets: &Secrets) -> String {
         }
         StoreKind::Redis => {
             let _ = writeln!(out, "kind = redis");
-            if st.cluster.is_empty() {
-                let _ = writeln!(out, "url = {}", mask_password(&st.url));
+            let key = if st.cluster.is_empty() {
+                "url"
             } else {
-                let seeds: Vec<String> = st.cluster.iter().map(|u| mask_password(u)).collect();
-                let _ = writeln!(out, "cluster = [{}]", seeds.join(", "));
-            }
+                "cluster"
+            };
+            let _ = writeln!(out, "{key} = {}", RedisStore::describe(st));
         }
     }
     let _ = writeln!(out, "timeout_ms = {}", st.timeout.as_millis());
@@ -228,31 +229,4 @@ pub fn describe(config: &Config, secrets: &Secrets) -> String {
         let _ = writeln!(out, "warning: {warning}");
     }
     out
-}
-
-/// `redis://user:secret@host` -> `redis://user:***@host`.
-pub fn mask_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => format!("{scheme}://***@{host}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_are_masked() {
-        assert_eq!(mask_password("redis://u:p@h:1/0"), "redis://u:***@h:1/0");
-        assert_eq!(mask_password("rediss://:p@h"), "rediss://:***@h");
-        assert_eq!(mask_password("redis://p@h"), "redis://***@h");
-        assert_eq!(mask_password("redis://h:6379"), "redis://h:6379");
-    }
 }

@@ -13,10 +13,12 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod cidr;
 pub mod cli;
 pub mod config;
 pub mod cookie;
 pub mod error;
+pub mod fs;
 pub mod metrics;
 pub mod protocol;
 pub mod proxy;

@@ -57,43 +57,40 @@ impl Limits {
 pub enum StartError {
     /// The address could not be bound.
     #[error(
-        "cannot listen on {addr} ({key}): {source}; stop the other process or choose another address"
+        "cannot listen on {addr} ({key}): {cause}; stop the other process or choose another address"
     )]
     Bind {
         /// The setting.
         key: &'static str,
         /// The address.
         addr: SocketAddr,
-        /// Why.
-        #[source]
-        source: std::io::Error,
+        /// Why; shown in the message, so it is not also the error's `source`.
+        cause: std::io::Error,
     },
     /// A Redis URL in the config cannot be used.
-    #[error("{key} = {target}: {source}; fix {key} (redis://[user:password@]host[:port][/db])")]
+    #[error("{key} = {target}: {cause}; fix {key} (redis://[user:password@]host[:port][/db])")]
     StoreInvalid {
         /// The setting: `store.url` or `store.cluster`.
         key: &'static str,
         /// Its value, passwords masked.
         target: String,
-        /// Why.
-        #[source]
-        source: StoreError,
+        /// Why; shown in the message, so it is not also the error's `source`.
+        cause: StoreError,
     },
     /// A `[server.tls]` or `server.upstream_ca` file cannot be used.
     #[error(transparent)]
     Tls(#[from] TlsError),
     /// `store.require_on_start = true` and the store did not answer.
     #[error(
-        "{key} = {target} is unreachable: {source}; start Redis or fix {key}, or set store.require_on_start = false to start without it"
+        "{key} = {target} is unreachable: {cause}; start Redis or fix {key}, or set store.require_on_start = false to start without it"
     )]
     StoreUnreachable {
         /// The setting: `store.url` or `store.cluster`.
         key: &'static str,
         /// Its value, passwords masked.
         target: String,
-        /// Why.
-        #[source]
-        source: StoreError,
+        /// Why; shown in the message, so it is not also the error's `source`.
+        cause: StoreError,
     },
 }
 
@@ -140,7 +137,7 @@ impl Running {
 /// # Errors
 /// When the address cannot be bound.
 pub fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, StartError> {
-    let err = |source| StartError::Bind { key, addr, source };
+    let err = |cause| StartError::Bind { key, addr, cause };
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -170,21 +167,21 @@ pub async fn build_store(config: &Config) -> Result<Store, StartError> {
             } else {
                 "store.cluster"
             };
-            let store = RedisStore::open(st, &config.session.namespace).map_err(|source| {
+            let store = RedisStore::open(st, &config.session.namespace).map_err(|cause| {
                 StartError::StoreInvalid {
                     key,
                     target: RedisStore::describe(st),
-                    source,
+                    cause,
                 }
             })?;
             if st.require_on_start {
                 store
                     .ping()
                     .await
-                    .map_err(|source| StartError::StoreUnreachable {
+                    .map_err(|cause| StartError::StoreUnreachable {
                         key,
                         target: store.target().to_owned(),
-                        source,
+                        cause,
                     })?;
                 info!(store = store.target(), "session store answers");
             }
@@ -367,28 +364,60 @@ pub async fn serve(
     }
 }
 
-/// Reloads the serving certificate on every SIGHUP; a bad new pair is refused with a log
-/// line and the old one stays in service.
-pub async fn reload_on_sighup(tls: Arc<Reloadable>) {
+/// SIGHUP, which never stops the proxy (SPEC §9): `systemctl reload` and log rotation send
+/// it. [`Sighup::listen`] takes the signal over at once, so call it before binding;
+/// [`Sighup::serve`] then answers every one.
+#[derive(Debug)]
+pub struct Sighup {
+    /// `None` when the handler could not be installed.
     #[cfg(unix)]
-    {
-        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                return warn!(error = %e, "cannot listen for SIGHUP; certificate reload is off");
-            }
-        };
-        while hup.recv().await.is_some() {
-            match tls.reload() {
-                Ok(()) => info!("reloaded the TLS certificate and key"),
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Sighup {
+    /// Replaces SIGHUP's default action, ending the process, from now on.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime.
+    pub fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            let signal = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            {
+                Ok(s) => Some(s),
                 Err(e) => {
-                    tracing::error!(error = %e, "TLS reload refused; the old certificate stays in service")
+                    warn!(error = %e, "cannot listen for SIGHUP; it will stop the proxy");
+                    None
+                }
+            };
+            Self { signal }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// Answers every SIGHUP: with `tls`, reloads the serving certificate (a bad new pair is
+    /// refused with a log line and the old one stays in service); without, logs it.
+    pub async fn serve(self, tls: Option<Arc<Reloadable>>) {
+        #[cfg(unix)]
+        {
+            let Some(mut hup) = self.signal else { return };
+            while hup.recv().await.is_some() {
+                let Some(tls) = &tls else {
+                    info!("SIGHUP received; nothing to reload");
+                    continue;
+                };
+                match tls.reload() {
+                    Ok(()) => info!("reloaded the TLS certificate and key"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "TLS reload refused; the old certificate stays in service")
+                    }
                 }
             }
         }
+        #[cfg(not(unix))]
+        let _ = (self, tls);
     }
-    #[cfg(not(unix))]
-    let _ = tls;
 }
 
 /// Completes on SIGTERM or SIGINT.
@@ -412,4 +441,47 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_errors_print_their_cause_once() {
+        let timeout = || StoreError::Timeout(Duration::from_millis(5));
+        let in_use = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let errors = [
+            (
+                in_use.to_string(),
+                StartError::Bind {
+                    key: "server.listen",
+                    addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+                    cause: in_use,
+                },
+            ),
+            (
+                timeout().to_string(),
+                StartError::StoreInvalid {
+                    key: "store.url",
+                    target: "redis://127.0.0.1:6379".into(),
+                    cause: timeout(),
+                },
+            ),
+            (
+                timeout().to_string(),
+                StartError::StoreUnreachable {
+                    key: "store.url",
+                    target: "redis://127.0.0.1:6379".into(),
+                    cause: timeout(),
+                },
+            ),
+        ];
+        // The message carries the cause, so it is not a `source` too: a chain reporter
+        // prints the message and then each source.
+        for (cause, err) in errors {
+            assert!(err.to_string().contains(&cause), "{err}");
+            assert!(std::error::Error::source(&err).is_none(), "{err}");
+        }
+    }
 }

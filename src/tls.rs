@@ -23,13 +23,12 @@ pub struct TlsFiles {
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// The file could not be read.
-    #[error("{}: cannot read: {source}", path.display())]
+    #[error("{}: cannot read: {cause}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
+        /// Why; shown in the message, so it is not also the error's `source`.
+        cause: std::io::Error,
     },
     /// The file holds no PEM certificate.
     #[error("{}: no PEM certificate found (expected -----BEGIN CERTIFICATE-----)", path.display())]
@@ -68,9 +67,9 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    crate::config::read_small_file(path).map_err(|source| TlsError::Read {
+    crate::fs::read_small_file(path).map_err(|cause| TlsError::Read {
         path: path.to_owned(),
-        source,
+        cause,
     })
 }
 
@@ -259,5 +258,18 @@ mod tests {
         assert!(err.contains("missing.pem: cannot read"), "{err}");
 
         client_config(Some(&cert)).unwrap();
+    }
+
+    #[test]
+    fn unreadable_file_prints_its_cause_once() {
+        let path = Path::new("/nonexistent/cert.pem");
+        let cause = std::fs::metadata(path).unwrap_err().to_string();
+        let err = certificates(path).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("/nonexistent/cert.pem: cannot read: {cause}")
+        );
+        // The message carries the cause, so it is not a `source` too.
+        assert!(std::error::Error::source(&err).is_none());
     }
 }

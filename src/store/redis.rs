@@ -51,7 +51,6 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, RedisError, RedisFuture, Value};
 
 use super::{Cas, SessionStore, StoreError};
-use crate::cli::mask_password;
 use crate::config::StoreSettings;
 use crate::session::{CorruptRecord, ID_TEXT_LEN, Record, SessionId};
 
@@ -470,6 +469,20 @@ impl SessionStore for RedisStore {
     }
 }
 
+/// `redis://user:secret@host` -> `redis://user:***@host`.
+fn mask_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => format!("{scheme}://***@{host}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -553,5 +566,13 @@ mod tests {
                 "{err:?}"
             );
         }
+    }
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(mask_password("redis://u:p@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(mask_password("rediss://:p@h"), "rediss://:***@h");
+        assert_eq!(mask_password("redis://p@h"), "redis://***@h");
+        assert_eq!(mask_password("redis://h:6379"), "redis://h:6379");
     }
 }

@@ -1,0 +1,267 @@
+//! The raw tables of `proxy.toml`: exactly the keys of SPEC §3, each table with its own
+//! `Default` holding the SPEC values, and the enumerations the file may name. Nothing here
+//! is checked beyond its type; [`super::parse`] validates.
+
+use serde::Deserialize;
+
+/// The whole file as written.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// `[server]`
+    pub server: RawServer,
+    /// `[session]`
+    pub session: RawSession,
+    /// `[cookie]`
+    pub cookie: RawCookie,
+    /// `[store]`
+    pub store: RawStore,
+    /// `[forward]`
+    pub forward: RawForward,
+    /// `[log]`
+    pub log: RawLog,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    /// address:port the proxy serves.
+    pub listen: String,
+    /// The application behind the proxy (required).
+    pub upstream: String,
+    /// Worker threads, 0 = one per CPU.
+    pub threads: usize,
+    /// Admin listener address, "" = off.
+    pub admin_listen: String,
+    /// Connect + response-header timeout.
+    pub upstream_timeout_ms: u64,
+    /// Peers whose X-Forwarded-* are kept and extended.
+    pub trusted_proxies: Vec<String>,
+    /// Keep request headers with `_` (outside the reserved namespace).
+    pub underscores_in_headers: bool,
+    /// How long a client may take to send a request's headers (slowloris guard).
+    pub header_read_timeout_ms: u64,
+    /// Largest request head (request line + headers) accepted; larger gets 431.
+    pub max_header_bytes: usize,
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    pub shutdown_grace_ms: u64,
+    /// Extra PEM bundle for an https upstream.
+    pub upstream_ca: String,
+    /// `[server.tls]`
+    pub tls: Option<RawTls>,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            upstream: String::new(),
+            threads: 0,
+            admin_listen: String::new(),
+            upstream_timeout_ms: 30_000,
+            trusted_proxies: Vec::new(),
+            underscores_in_headers: false,
+            header_read_timeout_ms: 30_000,
+            max_header_bytes: 65_536,
+            shutdown_grace_ms: 30_000,
+            upstream_ca: String::new(),
+            tls: None,
+        }
+    }
+}
+
+/// `[server.tls]`
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTls {
+    /// PEM certificate chain.
+    pub cert: String,
+    /// PEM private key.
+    pub key: String,
+}
+
+/// `[session]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSession {
+    /// Cookie name.
+    pub cookie_name: String,
+    /// Idle timeout.
+    pub ttl_sec: u64,
+    /// Hard limit since creation, 0 = none.
+    pub absolute_ttl_sec: u64,
+    /// Re-send the cookie this long after it was last sent; 0 = ttl_sec / 2.
+    pub cookie_refresh_sec: u64,
+    /// Store key prefix.
+    pub namespace: String,
+    /// Largest session data accepted from the upstream.
+    pub max_bytes: usize,
+    /// X-Session-Set always issues a new ID.
+    pub regenerate_on_set: bool,
+}
+
+impl Default for RawSession {
+    fn default() -> Self {
+        Self {
+            cookie_name: "session".into(),
+            ttl_sec: 86_400,
+            absolute_ttl_sec: 0,
+            cookie_refresh_sec: 0,
+            namespace: "session:".into(),
+            max_bytes: 8192,
+            regenerate_on_set: true,
+        }
+    }
+}
+
+/// `[cookie]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCookie {
+    /// HttpOnly attribute.
+    pub http_only: bool,
+    /// Secure attribute.
+    pub secure: bool,
+    /// SameSite attribute.
+    pub same_site: SameSite,
+    /// Path attribute.
+    pub path: String,
+    /// Domain attribute, "" = host-only.
+    pub domain: String,
+}
+
+impl Default for RawCookie {
+    fn default() -> Self {
+        Self {
+            http_only: true,
+            secure: true,
+            same_site: SameSite::Lax,
+            path: "/".into(),
+            domain: String::new(),
+        }
+    }
+}
+
+/// The cookie's SameSite attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum SameSite {
+    /// `SameSite=Strict`
+    Strict,
+    /// `SameSite=Lax`
+    Lax,
+    /// `SameSite=None` (requires Secure)
+    None,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStore {
+    /// Which store.
+    pub kind: StoreKind,
+    /// Memory store bound.
+    pub max_sessions: usize,
+    /// Redis URL.
+    pub url: String,
+    /// Redis Cluster seed URLs.
+    pub cluster: Vec<String>,
+    /// Per-operation timeout.
+    pub timeout_ms: u64,
+    /// What a failed read does.
+    pub on_error: OnError,
+    /// Refuse to start while the store is unreachable.
+    pub require_on_start: bool,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        Self {
+            kind: StoreKind::Memory,
+            max_sessions: 1_000_000,
+            url: "redis://127.0.0.1:6379".into(),
+            cluster: Vec::new(),
+            timeout_ms: 1000,
+            on_error: OnError::Fail,
+            require_on_start: false,
+        }
+    }
+}
+
+/// `store.kind`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// In-process, bounded LRU.
+    Memory,
+    /// Redis or Redis Cluster.
+    Redis,
+}
+
+/// `store.on_error`: what a failed store read does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Answer 503.
+    Fail,
+    /// Forward the request as having no session.
+    Anonymous,
+}
+
+/// `[forward]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawForward {
+    /// Name of the signed token header.
+    pub header: String,
+    /// exp - iat of the token.
+    pub token_ttl_sec: u64,
+    /// Plain headers from top-level session fields: header name = field.
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for RawForward {
+    fn default() -> Self {
+        Self {
+            header: "X-Session".into(),
+            token_ttl_sec: 60,
+            headers: Default::default(),
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    /// Output format.
+    pub format: LogFormat,
+}
+
+/// `log.format`
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::parse_str;
+
+    #[test]
+    fn shipped_example_equals_the_defaults_except_secure() {
+        let text = include_str!("../../proxy.toml");
+        let raw: RawConfig = toml::from_str(text).unwrap();
+        let mut want = RawConfig::default();
+        want.server.upstream = "http://127.0.0.1:3000".into();
+        want.cookie.secure = false;
+        assert_eq!(raw, want);
+        parse_str(text).unwrap();
+    }
+}

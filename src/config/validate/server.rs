@@ -1,0 +1,157 @@
+//! `[server]` and `[server.tls]`: addresses, the upstream URL, timeouts and limits, trusted
+//! proxies, and the TLS and CA files (loaded once here, so `check` catches a bad pair).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::Validator;
+use crate::cidr::Cidr;
+use crate::config::{ConfigError, RawServer, ServerSettings, UpstreamUrl};
+
+impl Validator<'_> {
+    /// Checks `[server]` and resolves `threads = 0` and the `""` that means "off".
+    pub(super) fn server(&self, server: RawServer) -> Result<ServerSettings, ConfigError> {
+        let listen = self.socket_addr("server.listen", &server.listen)?;
+        let upstream = self.upstream_url(&server.upstream)?;
+        let admin_listen = if server.admin_listen.is_empty() {
+            None
+        } else {
+            Some(self.socket_addr("server.admin_listen", &server.admin_listen)?)
+        };
+        for (key, v) in [
+            ("server.upstream_timeout_ms", server.upstream_timeout_ms),
+            (
+                "server.header_read_timeout_ms",
+                server.header_read_timeout_ms,
+            ),
+        ] {
+            if v == 0 {
+                return Err(self.err(key, "must be greater than 0"));
+            }
+        }
+        if server.max_header_bytes < 8192 {
+            return Err(self.err(
+                "server.max_header_bytes",
+                format!(
+                    "{} is too small; the minimum is 8192",
+                    server.max_header_bytes
+                ),
+            ));
+        }
+        let trusted_proxies = server
+            .trusted_proxies
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.parse::<Cidr>()
+                    .map_err(|m| self.err(&format!("server.trusted_proxies[{i}]"), m))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let upstream_ca = if server.upstream_ca.is_empty() {
+            None
+        } else if upstream.scheme != http::uri::Scheme::HTTPS {
+            return Err(self.err(
+                "server.upstream_ca",
+                "only applies to an https:// upstream; remove it or use https://",
+            ));
+        } else {
+            let path = PathBuf::from(&server.upstream_ca);
+            crate::tls::client_config(Some(&path))
+                .map_err(|e| self.err("server.upstream_ca", e))?;
+            Some(path)
+        };
+        let tls = match &server.tls {
+            None => None,
+            Some(raw) => {
+                for (key, value) in [("server.tls.cert", &raw.cert), ("server.tls.key", &raw.key)] {
+                    if value.is_empty() {
+                        return Err(self.err(key, "is required in [server.tls] (a PEM file path)"));
+                    }
+                }
+                let files = crate::tls::TlsFiles {
+                    cert: PathBuf::from(&raw.cert),
+                    key: PathBuf::from(&raw.key),
+                };
+                crate::tls::server_config(&files).map_err(|e| {
+                    let key = match &e {
+                        crate::tls::TlsError::Read { path, .. } if *path == files.cert => {
+                            "server.tls.cert"
+                        }
+                        crate::tls::TlsError::NoCertificate { .. } => "server.tls.cert",
+                        _ => "server.tls.key",
+                    };
+                    self.err(key, e)
+                })?;
+                Some(files)
+            }
+        };
+        let threads = match server.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        Ok(ServerSettings {
+            listen,
+            upstream,
+            threads,
+            admin_listen,
+            upstream_timeout: Duration::from_millis(server.upstream_timeout_ms),
+            trusted_proxies,
+            underscores_in_headers: server.underscores_in_headers,
+            header_read_timeout: Duration::from_millis(server.header_read_timeout_ms),
+            max_header_bytes: server.max_header_bytes,
+            shutdown_grace: Duration::from_millis(server.shutdown_grace_ms),
+            tls,
+            upstream_ca,
+        })
+    }
+
+    fn socket_addr(&self, key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+        value.parse().map_err(|_| {
+            self.err(
+                key,
+                format!(
+                    "{value:?} is not an address:port (e.g. \"127.0.0.1:8080\" or \"[::1]:8080\")"
+                ),
+            )
+        })
+    }
+
+    fn upstream_url(&self, value: &str) -> Result<UpstreamUrl, ConfigError> {
+        const KEY: &str = "server.upstream";
+        if value.is_empty() {
+            return Err(self.err(
+                KEY,
+                "is required: the application behind the proxy, e.g. upstream = \"http://127.0.0.1:3000\"",
+            ));
+        }
+        let uri: http::Uri = value
+            .parse()
+            .map_err(|_| self.err(KEY, format!("{value:?} is not a URL")))?;
+        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+            return Err(self.err(
+                KEY,
+                format!("{value:?} must be an absolute URL such as \"http://127.0.0.1:3000\""),
+            ));
+        };
+        if scheme != &http::uri::Scheme::HTTP && scheme != &http::uri::Scheme::HTTPS {
+            return Err(self.err(
+                KEY,
+                format!("scheme {scheme:?} is not supported; use http:// or https://"),
+            ));
+        }
+        if authority.as_str().contains('@') {
+            return Err(self.err(KEY, "must not carry user:password@"));
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(self.err(
+                KEY,
+                format!("{value:?} must not have a path or query; requests keep their own path"),
+            ));
+        }
+        Ok(UpstreamUrl {
+            scheme: scheme.clone(),
+            authority: authority.clone(),
+        })
+    }
+}
