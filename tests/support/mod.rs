@@ -3,13 +3,14 @@
 //!
 //! One module per concern, all re-exported here, so a test needs only `use support::*;`:
 //! [`upstream`] (the scripted application), [`gate`] (the proxy in-process), [`wire`]
-//! (client, responses, raw bytes), [`jwt`] (the upstream token) and [`redis_server`] (real
-//! `redis-server` processes, used by path).
+//! (client, responses, raw bytes), [`process`] (the built binary), [`jwt`] (the upstream
+//! token) and [`redis_server`] (real `redis-server` processes, used by path).
 
 #![allow(dead_code, unreachable_pub)]
 
 pub mod gate;
 pub mod jwt;
+pub mod process;
 pub mod redis_server;
 pub mod upstream;
 pub mod wire;
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 // Each test binary uses only part of the harness.
 #[allow(unused_imports)]
-pub use self::{gate::*, jwt::*, upstream::*, wire::*};
+pub use self::{gate::*, jwt::*, process::*, upstream::*, wire::*};
 
 /// Installs a test subscriber once; `RUST_LOG` controls it.
 pub fn trace_init() {
