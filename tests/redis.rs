@@ -25,6 +25,19 @@ fn store_toml(url: &str, on_error: &str) -> String {
     )
 }
 
+/// A fresh `redis-server`, the usual app, and a gate in front of the app that keeps its
+/// sessions in that server with `store.on_error = on_error`; `None` (the test is skipped)
+/// without `redis-server`.
+async fn redis_gate(on_error: &str) -> Option<(RedisServer, Upstream, Gate)> {
+    let redis = RedisServer::start()?;
+    let app = app().await;
+    let gate = gate(app.addr)
+        .toml(&store_toml(&redis.url(), on_error))
+        .run()
+        .await;
+    Some((redis, app, gate))
+}
+
 /// The session ID in a `session=ID.MAC` cookie, as the store keys it after the namespace.
 fn session_id(cookie: &str) -> &str {
     cookie["session=".len()..].split('.').next().unwrap()
@@ -64,14 +77,9 @@ async fn update(gate: &Gate, cookie: &str, patch: &str) -> Res {
 #[tokio::test]
 async fn two_gates_sharing_one_redis_share_sessions() {
     trace_init();
-    let Some(redis) = RedisServer::start() else {
+    let Some((redis, app, one)) = redis_gate("fail").await else {
         return;
     };
-    let app = app().await;
-    let one = gate(app.addr)
-        .toml(&store_toml(&redis.url(), "fail"))
-        .run()
-        .await;
     let two = gate(app.addr)
         .toml(&store_toml(&redis.url(), "fail"))
         .run()
@@ -114,14 +122,9 @@ async fn two_gates_sharing_one_redis_share_sessions() {
 #[tokio::test]
 async fn session_survives_a_proxy_restart() {
     trace_init();
-    let Some(redis) = RedisServer::start() else {
+    let Some((redis, app, first)) = redis_gate("fail").await else {
         return;
     };
-    let app = app().await;
-    let first = gate(app.addr)
-        .toml(&store_toml(&redis.url(), "fail"))
-        .run()
-        .await;
     let cookie = first.get("/login").await.session_cookie();
     first.join().await;
 
@@ -172,14 +175,9 @@ async fn store_keys_carry_the_namespace_and_the_session_ttl() {
 #[tokio::test]
 async fn redis_killed_with_on_error_fail_is_503() {
     trace_init();
-    let Some(mut redis) = RedisServer::start() else {
+    let Some((mut redis, _app, gate)) = redis_gate("fail").await else {
         return;
     };
-    let app = app().await;
-    let gate = gate(app.addr)
-        .toml(&store_toml(&redis.url(), "fail"))
-        .run()
-        .await;
     let cookie = gate.get("/login").await.session_cookie();
     redis.kill();
 
@@ -207,14 +205,9 @@ async fn redis_killed_with_on_error_fail_is_503() {
 #[tokio::test]
 async fn redis_killed_with_on_error_anonymous_forwards_without_session() {
     trace_init();
-    let Some(mut redis) = RedisServer::start() else {
+    let Some((mut redis, app, gate)) = redis_gate("anonymous").await else {
         return;
     };
-    let app = app().await;
-    let gate = gate(app.addr)
-        .toml(&store_toml(&redis.url(), "anonymous"))
-        .run()
-        .await;
     let cookie = gate.get("/login").await.session_cookie();
     redis.kill();
 
@@ -242,14 +235,9 @@ async fn redis_killed_with_on_error_anonymous_forwards_without_session() {
 #[tokio::test]
 async fn redis_frozen_is_503_then_works_again_after_it_thaws() {
     trace_init();
-    let Some(redis) = RedisServer::start() else {
+    let Some((redis, app, gate)) = redis_gate("fail").await else {
         return;
     };
-    let app = app().await;
-    let gate = gate(app.addr)
-        .toml(&store_toml(&redis.url(), "fail"))
-        .run()
-        .await;
     let cookie = gate.get("/login").await.session_cookie();
     assert_eq!(update(&gate, &cookie, r#"{"step":2}"#).await.status, 200);
 
@@ -270,14 +258,9 @@ async fn redis_frozen_is_503_then_works_again_after_it_thaws() {
 #[tokio::test]
 async fn acknowledged_writes_survive_a_freeze_of_redis() {
     trace_init();
-    let Some(redis) = RedisServer::start() else {
+    let Some((redis, app, gate)) = redis_gate("fail").await else {
         return;
     };
-    let app = app().await;
-    let gate = gate(app.addr)
-        .toml(&store_toml(&redis.url(), "fail"))
-        .run()
-        .await;
     let mut cookies = Vec::new();
     for n in 0..5 {
         let login = gate.get("/login").await;
@@ -310,14 +293,9 @@ async fn acknowledged_writes_survive_a_freeze_of_redis() {
 #[tokio::test]
 async fn redis_restarted_on_the_same_port_is_used_again_without_restarting_the_proxy() {
     trace_init();
-    let Some(mut redis) = RedisServer::start() else {
+    let Some((mut redis, app, gate)) = redis_gate("fail").await else {
         return;
     };
-    let app = app().await;
-    let gate = gate(app.addr)
-        .toml(&store_toml(&redis.url(), "fail"))
-        .run()
-        .await;
     assert_eq!(gate.get("/login").await.status, 200);
     redis.kill();
     assert_eq!(gate.get("/login").await.status, 503);

@@ -5,22 +5,14 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::*;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
-
-struct Proc {
-    child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
-    log: Vec<String>,
-}
 
 fn config_file(name: &str, listen: &str, upstream: SocketAddr) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("sessiongate-shutdown-{}", std::process::id()));
@@ -34,74 +26,6 @@ fn config_file(name: &str, listen: &str, upstream: SocketAddr) -> std::path::Pat
     )
     .unwrap();
     path
-}
-
-fn spawn(config: &std::path::Path) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sessiongate"))
-        .arg("-c")
-        .arg(config)
-        .env("SESSION_SECRET", SECRET)
-        .env("SESSION_UPSTREAM_SECRET", UPSTREAM_SECRET)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, lines) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut reader = BufReader::new(stdout).lines();
-        while let Ok(Some(line)) = reader.next_line().await {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    Proc {
-        child,
-        lines,
-        log: Vec::new(),
-    }
-}
-
-impl Proc {
-    /// Reads log lines until one whose message is `msg`; returns it parsed.
-    async fn wait_for(&mut self, msg: &str) -> serde_json::Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let line = tokio::time::timeout_at(deadline, self.lines.recv())
-                .await
-                .unwrap_or_else(|_| panic!("no {msg:?} log line; saw {:?}", self.log))
-                .unwrap_or_else(|| panic!("process exited before {msg:?}; saw {:?}", self.log));
-            self.log.push(line.clone());
-            let v: serde_json::Value =
-                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-            if v["message"] == msg {
-                return v;
-            }
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.child.id().unwrap().to_string();
-        let ok = std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-
-    async fn exit_code(&mut self) -> i32 {
-        let status = tokio::time::timeout(Duration::from_secs(40), self.child.wait())
-            .await
-            .expect("exits within the grace period")
-            .unwrap();
-        while let Ok(line) = self.lines.try_recv() {
-            self.log.push(line);
-        }
-        status.code().expect("exited, not killed by a signal")
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,9 +57,8 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
         }
     });
 
-    let mut proc = spawn(&config_file("drain.toml", "127.0.0.1:0", up));
-    let started = proc.wait_for("sessiongate listening").await;
-    let addr: SocketAddr = started["addr"].as_str().unwrap().parse().unwrap();
+    let mut proc = spawn_binary(&config_file("drain.toml", "127.0.0.1:0", up));
+    let addr = proc.listening().await;
 
     let slow = tokio::spawn(async move {
         raw(
@@ -166,19 +89,19 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
 
     // Every line is JSON; the access line has the SPEC fields and no secrets.
     let access: Vec<serde_json::Value> = proc
-        .log
+        .log()
         .iter()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .filter(|v| v["target"] == "sessiongate::access")
         .collect();
-    assert_eq!(access.len(), 1, "{:?}", proc.log);
+    assert_eq!(access.len(), 1, "{:?}", proc.log());
     let a = &access[0];
     assert_eq!(a["method"], "GET");
     assert_eq!(a["path"], "/slow", "query must not be logged");
     assert_eq!(a["status"], 200);
     assert_eq!(a["session"], "invalid");
     assert!(a["duration_ms"].is_number());
-    let all = proc.log.join("\n");
+    let all = proc.log().join("\n");
     for secret in ["token=abc", "forged", SECRET, UPSTREAM_SECRET] {
         assert!(!all.contains(secret), "log leaks {secret}");
     }
@@ -188,16 +111,10 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
 async fn restart_under_traffic_loses_no_request() {
     trace_init();
     let app = app().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let config = config_file("restart.toml", &listen, app.addr);
-
-    let mut old = spawn(&config);
-    old.wait_for("sessiongate listening").await;
+    // The old process takes a port; the new one binds the port the old one still holds.
+    let mut old = spawn_binary(&config_file("restart-old.toml", "127.0.0.1:0", app.addr));
+    let listen = old.listening().await;
+    let config = config_file("restart-new.toml", &listen.to_string(), app.addr);
 
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
@@ -235,8 +152,8 @@ async fn restart_under_traffic_loses_no_request() {
         "traffic through the old process",
     )
     .await;
-    let mut new = spawn(&config);
-    new.wait_for("sessiongate listening").await;
+    let mut new = spawn_binary(&config);
+    assert_eq!(new.listening().await, listen);
     old.signal("-TERM");
     assert_eq!(old.exit_code().await, 0);
     let after_old_exit = ok.load(Ordering::Relaxed);

@@ -395,65 +395,27 @@ async fn sighup_reloads_the_certificate_in_the_running_binary() {
     trace_init();
     let pki = Pki::new("sighup");
     let (cert, key) = pki.leaf("live");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let config = pki.dir.join("proxy.toml");
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"http://127.0.0.1:9\"\n{}\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\nupstream = \"http://127.0.0.1:9\"\n{}\n[log]\nformat = \"json\"\n",
             tls_table(&cert, &key)
         ),
     )
     .unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sessiongate"))
-        .arg("-c")
-        .arg(&config)
-        .env("SESSION_SECRET", SECRET)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut log =
-        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "binary never listened"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let mut proc = spawn_binary(&config);
+    let addr = proc.listening().await;
     let first = presented(addr, &pki.ca_path()).await;
-
-    let hup = |pid: u32| {
-        let ok = std::process::Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    };
-    let pid = child.id().unwrap();
 
     // A mismatched key: refused, the old certificate stays.
     let (_, stray_key) = pki.leaf("stray");
     std::fs::copy(&stray_key, &key).unwrap();
-    hup(pid);
-    let refused = tokio::time::timeout(std::time::Duration::from_secs(20), async {
-        while let Some(line) = log.next_line().await.unwrap() {
-            if line.contains("TLS reload refused") {
-                return line;
-            }
-        }
-        panic!("the process exited");
-    })
-    .await
-    .expect("a log line for the refused reload");
+    proc.signal("-HUP");
+    let refused = proc
+        .wait_for("TLS reload refused; the old certificate stays in service")
+        .await
+        .to_string();
     assert!(refused.contains("does not match"), "{refused}");
     // A good pair: taken on the next SIGHUP.
     let (new_cert, new_key) = pki.leaf("next");
@@ -464,7 +426,7 @@ async fn sighup_reloads_the_certificate_in_the_running_binary() {
         first,
         "a bad pair replaced the certificate"
     );
-    hup(pid);
+    proc.signal("-HUP");
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
     while presented(addr, &pki.ca_path()).await == first {
         assert!(
@@ -473,6 +435,5 @@ async fn sighup_reloads_the_certificate_in_the_running_binary() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert!(child.try_wait().unwrap().is_none(), "the process died");
-    let _ = child.kill().await;
+    assert!(proc.is_running(), "the process died");
 }
