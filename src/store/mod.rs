@@ -38,6 +38,7 @@
 
 mod memory;
 mod redis;
+pub mod seal;
 
 use std::future::Future;
 use std::time::Duration;
