@@ -1,4 +1,5 @@
-//! The memory store (SPEC §7) on a store pre-filled with 100,000 sessions of ~100 bytes.
+//! The memory store (SPEC §7) on a store pre-filled with 100,000 sessions of ~100 bytes, and
+//! the sealing the Redis store adds to every operation (SPEC §14).
 //!
 //! `cargo bench --bench store -- --warm-up-time 1 --measurement-time 3`
 //!
@@ -7,6 +8,11 @@
 //!   recently used entry (the steady state of a busy proxy at `max_sessions`). The new
 //!   IDs are drawn outside the timed loop, so the OS random source is not measured.
 //! - `store/replace`: the compare-and-set a cookie refresh or `X-Session-Update` does.
+//! - `seal/open`: what a Redis `load` adds to the round trip: the key hash and keys derived
+//!   from the ID, then the value opened (~100 bytes of data).
+//! - `seal/seal`: what a Redis `create` adds: the same derivation, the header digest, a
+//!   nonce (from a per-thread buffer the OS refills every 32 writes), the encryption.
+//! - `seal/key_hash`: the key alone, as `delete` computes it.
 
 use std::cell::Cell;
 use std::hint::black_box;
@@ -15,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use sessiongate::session::{Record, SessionId};
+use sessiongate::store::seal::{KeyHash, SessionKeys};
 use sessiongate::store::{Cas, MemoryStore, SessionStore};
 
 const SESSIONS: usize = 100_000;
@@ -127,5 +134,25 @@ fn store(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, store);
+fn seal(c: &mut Criterion) {
+    let id = SessionId::random();
+    let rec = record(1_700_000_000);
+    let sealed = SessionKeys::derive(&id).seal(&rec);
+    c.bench_function("seal/open", |b| {
+        b.iter_batched(
+            || sealed.clone(),
+            |value| {
+                let keys = SessionKeys::derive(black_box(&id));
+                keys.open(value).unwrap()
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    c.bench_function("seal/seal", |b| {
+        b.iter(|| SessionKeys::derive(black_box(&id)).seal(black_box(&rec)))
+    });
+    c.bench_function("seal/key_hash", |b| b.iter(|| KeyHash::of(black_box(&id))));
+}
+
+criterion_group!(benches, store, seal);
 criterion_main!(benches);

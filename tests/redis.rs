@@ -13,6 +13,8 @@ use std::time::Duration;
 use http::Method;
 use sessiongate::config;
 use sessiongate::server::{self, StartError};
+use sessiongate::session::SessionId;
+use sessiongate::store::seal::SessionKeys;
 use support::redis_server::{RedisCluster, RedisServer};
 use support::*;
 
@@ -41,6 +43,19 @@ async fn redis_gate(on_error: &str) -> Option<(RedisServer, Upstream, Gate)> {
 /// The session ID in a `session=ID.MAC` cookie, as the store keys it after the namespace.
 fn session_id(cookie: &str) -> &str {
     cookie["session=".len()..].split('.').next().unwrap()
+}
+
+/// What the store key holds after the namespace for the session in `cookie` (SPEC §14):
+/// SHA-256 of the ID text, base64url without padding.
+fn key_hash(cookie: &str) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(sha2::Sha256::digest(session_id(cookie).as_bytes()))
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// The session data the upstream saw on its last request, if it got a session.
@@ -156,18 +171,27 @@ async fn store_keys_carry_the_namespace_and_the_session_ttl() {
         .run()
         .await;
     let cookie = gate.get("/login").await.session_cookie();
-    let key = format!("app1:sess:{}", session_id(&cookie));
+    let key = format!("app1:sess:{}", key_hash(&cookie));
     let mut conn = redis.connection();
     let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
     assert_eq!(keys, vec![key.clone()]);
     let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut conn).unwrap();
     assert!(ttl > 0 && ttl <= 600, "ttl {ttl}");
-    let value: String = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
-    let stored: serde_json::Value = serde_json::from_str(&value).unwrap();
-    assert_eq!(stored["v"], 1, "{value}");
+    // The value is sealed (format 2): nothing of the data in clear, and it opens with the
+    // keys of this session only.
+    let value: Vec<u8> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
+    assert_eq!(value[0], 2, "format version");
+    assert!(!contains(&value, b"alice") && !contains(&value, b"userId"));
+    let id: SessionId = session_id(&cookie).parse().unwrap();
+    let rec = SessionKeys::derive(&id).open(value.clone()).unwrap();
     assert_eq!(
-        stored["data"],
+        serde_json::from_str::<serde_json::Value>(&rec.data).unwrap(),
         serde_json::json!({"userId":1,"name":"alice"})
+    );
+    assert!(
+        SessionKeys::derive(&SessionId::random())
+            .open(value)
+            .is_err()
     );
     gate.join().await;
 }
@@ -390,7 +414,7 @@ async fn cluster_login_update_logout() {
         );
         assert_eq!(seen_data(&app), Some(serde_json::json!({"userId":1,"n":n})));
         let ttl: i64 = redis::cmd("TTL")
-            .arg(format!("session:{}", session_id(cookie)))
+            .arg(format!("session:{}", key_hash(cookie)))
             .query(&mut conn)
             .unwrap();
         assert!(ttl > 0, "ttl {ttl}");
@@ -427,7 +451,7 @@ async fn cluster_node_killed_and_restarted_loses_no_session_and_needs_no_proxy_r
     let holder = |cookie: &str| {
         cluster.nodes.iter().position(|node| {
             redis::cmd("EXISTS")
-                .arg(format!("session:{}", session_id(cookie)))
+                .arg(format!("session:{}", key_hash(cookie)))
                 .query::<i64>(&mut node.connection())
                 .is_ok_and(|n| n == 1)
         })

@@ -2,6 +2,10 @@
 //! always, Redis and Redis Cluster on real `redis-server` processes started per test
 //! (skipped with a message when `redis-server` is not on `PATH`, except in CI).
 //!
+//! For Redis it also checks what is at rest (SPEC §14): keys that are hashes, values sealed so
+//! that a `SCAN` + `GET` of everything finds no session ID and no data, and a value altered
+//! or moved in Redis that is refused as [`StoreError::Corrupt`].
+//!
 //! Expiry is observed through the contract itself: a `replace` whose `expected` never
 //! matches answers `Changed` while the entry lives and `Gone` once it expired, without
 //! writing or sliding anything. Tests poll that with a deadline; none asserts timing.
@@ -11,9 +15,13 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use sessiongate::config::{OnError, StoreKind, StoreSettings};
 use sessiongate::session::{Record, SessionId};
+use sessiongate::store::seal::{CorruptRecord, SessionKeys};
 use sessiongate::store::{Cas, MemoryStore, RedisStore, SessionStore, Store, StoreError};
+use sha2::Digest as _;
 use support::redis_server::{RedisCluster, RedisServer};
 
 const NAMESPACE: &str = "conformance:";
@@ -74,8 +82,10 @@ fn cluster_store() -> Option<Fixture> {
 }
 
 impl Fixture {
+    /// The namespace, then SHA-256 of the ID text as base64url without padding (SPEC §14).
     fn key(id: &SessionId) -> String {
-        format!("{NAMESPACE}{}", id.encode().as_str())
+        let hash = sha2::Sha256::digest(id.encode().as_str().as_bytes());
+        format!("{NAMESPACE}{}", URL_SAFE_NO_PAD.encode(hash))
     }
 
     fn is_redis(&self) -> bool {
@@ -92,8 +102,18 @@ impl Fixture {
     }
 
     /// The raw stored value of `id` (`None` for memory).
-    fn raw(&self, id: &SessionId) -> Option<Option<String>> {
+    fn raw(&self, id: &SessionId) -> Option<Option<Vec<u8>>> {
         self.query(::redis::cmd("GET").arg(Self::key(id)))
+    }
+
+    /// The stored value of `id` opened with its keys (`None` for memory).
+    fn opened(&self, id: &SessionId) -> Option<Record> {
+        let raw = self.raw(id)?.expect("the entry exists");
+        Some(
+            SessionKeys::derive(id)
+                .open(raw)
+                .expect("the stored value opens"),
+        )
     }
 
     /// The remaining TTL of `id` in seconds (`None` for memory; -2 when absent).
@@ -102,8 +122,33 @@ impl Fixture {
     }
 
     /// Stores `value` under `id` directly in Redis.
-    fn set_raw(&self, id: &SessionId, value: &str) {
+    fn set_raw(&self, id: &SessionId, value: &[u8]) {
         let _: Option<()> = self.query(::redis::cmd("SET").arg(Self::key(id)).arg(value));
+    }
+
+    /// Every key and value in Redis, from a `SCAN` of each server (`None` for memory).
+    fn dump(&self) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+        let servers: Vec<&RedisServer> = match &self.redis {
+            Redis::None => return None,
+            Redis::Server(s) => vec![s],
+            Redis::Cluster(c) => c.nodes.iter().collect(),
+        };
+        let mut all = Vec::new();
+        for server in servers {
+            let mut conn = server.connection();
+            let mut scan = ::redis::cmd("SCAN");
+            scan.cursor_arg(0);
+            let keys: Vec<Vec<u8>> = scan
+                .iter(&mut conn)
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            for key in keys {
+                let value: Vec<u8> = ::redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
+                all.push((key, value));
+            }
+        }
+        Some(all)
     }
 
     /// True while the entry lives; never writes or slides it (see the module docs).
@@ -152,9 +197,11 @@ async fn create_then_load_returns_the_record(fx: &Fixture) {
     assert!(fx.store.create(&id, &r, LONG).await.unwrap());
     assert_eq!(fx.store.load(&id, LONG).await.unwrap(), Some(r.clone()));
     if fx.is_redis() {
-        // The key is the namespace plus the ID text, the value the versioned JSON, and it
+        // The key is the namespace plus the key hash, the value sealed (format 2), and it
         // carries an expiry.
-        assert_eq!(fx.raw(&id), Some(Some(r.to_json())));
+        let raw = fx.raw(&id).unwrap().unwrap();
+        assert_eq!(raw[0], 2, "format version");
+        assert_eq!(fx.opened(&id), Some(r.clone()));
         let ttl = fx.ttl(&id).unwrap();
         assert!(ttl > 0 && ttl <= 60, "ttl {ttl}");
     }
@@ -191,7 +238,7 @@ async fn replace_applies_when_the_entry_holds_expected(fx: &Fixture) {
     );
     assert_eq!(fx.store.load(&id, LONG).await.unwrap(), Some(b.clone()));
     if fx.is_redis() {
-        assert_eq!(fx.raw(&id), Some(Some(b.to_json())));
+        assert_eq!(fx.opened(&id), Some(b));
         assert!(fx.ttl(&id).unwrap() > 0);
     }
 }
@@ -311,43 +358,172 @@ async fn records_round_trip_unicode_data(fx: &Fixture) {
     assert_eq!(fx.store.load(&id, LONG).await.unwrap(), Some(next));
 }
 
-async fn corrupt_stored_value_is_an_error(fx: &Fixture) {
-    assert!(fx.is_redis(), "only an external store holds text");
-    let id = SessionId::random();
-    fx.set_raw(&id, "not a record");
-    let err = fx.store.load(&id, LONG).await.unwrap_err();
-    assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
-    let newer = SessionId::random();
-    fx.set_raw(&newer, r#"{"v":99,"created":0,"cookie_sent":0,"data":{}}"#);
-    let err = fx.store.load(&newer, LONG).await.unwrap_err();
-    assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+/// The reason of a `StoreError::Corrupt` from `load`, after checking that it names the
+/// key hash and never the session ID.
+async fn corrupt_reason(fx: &Fixture, id: &SessionId) -> CorruptRecord {
+    match fx.store.load(id, LONG).await {
+        Err(err @ StoreError::Corrupt { .. }) => {
+            let shown = err.to_string();
+            assert!(!shown.contains(id.encode().as_str()), "{shown}");
+            let StoreError::Corrupt { key_hash, reason } = err else {
+                unreachable!()
+            };
+            assert_eq!(Fixture::key(id), format!("{NAMESPACE}{key_hash}"));
+            assert!(shown.contains(key_hash.as_str()), "{shown}");
+            reason
+        }
+        other => panic!("expected a corrupt value, got {other:?}"),
+    }
 }
 
-async fn replace_accepts_the_same_record_written_differently(fx: &Fixture) {
-    // E.g. written by another version of the proxy: same record, other whitespace/order.
-    let other_spelling =
-        r#"{ "data": {"n":1}, "cookie_sent": 1700000100, "created": 1700000000, "v": 1 }"#;
+async fn corrupt_stored_value_is_an_error(fx: &Fixture) {
+    assert!(fx.is_redis(), "a case for stores that hold bytes");
     let id = SessionId::random();
-    if fx.is_redis() {
-        fx.set_raw(&id, other_spelling);
-    } else {
-        // The memory store holds records, not text: it holds the record read from that text.
-        let read = Record::from_json(other_spelling).unwrap();
-        assert!(fx.store.create(&id, &read, LONG).await.unwrap());
+    fx.set_raw(&id, b"not a record");
+    assert!(matches!(
+        corrupt_reason(fx, &id).await,
+        CorruptRecord::Version(b'n')
+    ));
+    // Format 1, the clear JSON of versions before sealing: refused, not read.
+    let old = SessionId::random();
+    fx.set_raw(
+        &old,
+        br#"{"v":1,"created":1700000000,"cookie_sent":1700000100,"data":{"n":1}}"#,
+    );
+    assert_eq!(corrupt_reason(fx, &old).await, CorruptRecord::Plain);
+    let newer = SessionId::random();
+    let mut value = SessionKeys::derive(&newer).seal(&rec("{}"));
+    value[0] = 99;
+    fx.set_raw(&newer, &value);
+    assert_eq!(corrupt_reason(fx, &newer).await, CorruptRecord::Version(99));
+}
+
+async fn a_flipped_byte_is_refused(fx: &Fixture) {
+    assert!(fx.is_redis(), "a case for stores that hold bytes");
+    let id = SessionId::random();
+    assert!(
+        fx.store
+            .create(&id, &rec(r#"{"role":"user"}"#), LONG)
+            .await
+            .unwrap()
+    );
+    let sealed = fx.raw(&id).unwrap().unwrap();
+    // A byte of the clear header (`created`), of the nonce, of the sealed data, of the tag.
+    for at in [5, 40, 50, sealed.len() - 1] {
+        let mut bad = sealed.clone();
+        bad[at] ^= 0x01;
+        fx.set_raw(&id, &bad);
+        assert_eq!(
+            corrupt_reason(fx, &id).await,
+            CorruptRecord::Unauthentic,
+            "byte {at}"
+        );
     }
-    let current = fx.store.load(&id, LONG).await.unwrap().unwrap();
-    assert_eq!(current, rec(r#"{"n":1}"#));
-    // `expected` is the record as this proxy builds it, not the one read back.
+    // A compare-and-set that finds an altered header reports it too, and writes nothing.
+    let mut bad = sealed.clone();
+    bad[5] ^= 0x01;
+    fx.set_raw(&id, &bad);
+    let err = fx
+        .store
+        .replace(
+            &id,
+            &rec(r#"{"role":"user"}"#),
+            &rec(r#"{"role":"admin"}"#),
+            LONG,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    assert_eq!(fx.raw(&id), Some(Some(bad)));
+    fx.set_raw(&id, &sealed);
+    assert_eq!(
+        fx.store.load(&id, LONG).await.unwrap(),
+        Some(rec(r#"{"role":"user"}"#))
+    );
+}
+
+async fn a_value_moved_to_another_key_is_refused(fx: &Fixture) {
+    assert!(fx.is_redis(), "a case for stores that hold bytes");
+    let (admin, user) = (SessionId::random(), SessionId::random());
+    let admin_rec = rec(r#"{"role":"admin"}"#);
+    assert!(fx.store.create(&admin, &admin_rec, LONG).await.unwrap());
+    assert!(
+        fx.store
+            .create(&user, &rec(r#"{"role":"user"}"#), LONG)
+            .await
+            .unwrap()
+    );
+    let stolen = fx.raw(&admin).unwrap().unwrap();
+    fx.set_raw(&user, &stolen);
+    assert_eq!(corrupt_reason(fx, &user).await, CorruptRecord::Unauthentic);
+    assert_eq!(fx.store.load(&admin, LONG).await.unwrap(), Some(admin_rec));
+}
+
+async fn a_dump_holds_no_session_id_and_no_data(fx: &Fixture) {
+    assert!(fx.is_redis(), "a case for stores that hold bytes");
+    let mut ids = Vec::new();
+    let mut secrets = Vec::new();
+    for n in 0..12 {
+        let id = SessionId::random();
+        let (name, token) = (format!("user-{n}-Zoë"), format!("tok{n}x9f3k2q"));
+        let data = format!(
+            r#"{{"name":"{name}","token":"{token}","n":{}}}"#,
+            1_000_003 + n
+        );
+        let r = rec(&data);
+        assert!(fx.store.create(&id, &r, LONG).await.unwrap());
+        // Also a value written by a compare-and-set.
+        let next = rec(&data.replace("\"n\"", "\"m\""));
+        assert_eq!(
+            fx.store.replace(&id, &r, &next, LONG).await.unwrap(),
+            Cas::Applied
+        );
+        ids.push(id);
+        secrets.extend([name, token, (1_000_003 + n).to_string()]);
+    }
+    let dump = fx.dump().unwrap();
+    assert_eq!(dump.len(), ids.len());
+    let mut needles: Vec<Vec<u8>> = secrets.into_iter().map(String::into_bytes).collect();
+    for id in &ids {
+        needles.push(id.encode().as_str().as_bytes().to_vec());
+        needles.push(STANDARD.encode(id.as_bytes()).into_bytes());
+        needles.push(id.as_bytes().to_vec());
+    }
+    let found = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    for (key, value) in &dump {
+        for needle in &needles {
+            let shown = String::from_utf8_lossy(needle);
+            assert!(!found(key, needle), "a key holds {shown}");
+            assert!(!found(value, needle), "a value holds {shown}");
+        }
+    }
+    let mut keys: Vec<String> = dump
+        .iter()
+        .map(|(k, _)| String::from_utf8(k.clone()).unwrap())
+        .collect();
+    let mut want: Vec<String> = ids.iter().map(Fixture::key).collect();
+    keys.sort();
+    want.sort();
+    assert_eq!(keys, want);
+}
+
+async fn replace_compares_records_not_their_sealed_bytes(fx: &Fixture) {
+    assert!(fx.is_redis(), "a case for stores that hold bytes");
+    // The same record sealed again (by another proxy, say) has a fresh nonce and so other
+    // bytes; the compare-and-set still sees the record it expects.
+    let id = SessionId::random();
+    let a = rec(r#"{"n":1}"#);
+    assert!(fx.store.create(&id, &a, LONG).await.unwrap());
+    let first = fx.raw(&id).unwrap().unwrap();
+    let again = SessionKeys::derive(&id).seal(&a);
+    assert_ne!(first, again);
+    fx.set_raw(&id, &again);
     let next = rec(r#"{"n":2}"#);
     assert_eq!(
-        fx.store
-            .replace(&id, &rec(r#"{"n":1}"#), &next, LONG)
-            .await
-            .unwrap(),
+        fx.store.replace(&id, &a, &next, LONG).await.unwrap(),
         Cas::Applied
     );
-    assert_eq!(fx.store.load(&id, LONG).await.unwrap(), Some(next.clone()));
-    assert_eq!(fx.raw(&id), fx.is_redis().then(|| Some(next.to_json())));
+    assert_eq!(fx.opened(&id), Some(next));
 }
 
 /// One test module per store, each running every case; a store may add cases of its own
@@ -367,7 +543,6 @@ macro_rules! store_conformance {
                 load_slides_the_ttl,
                 expired_entry_loads_none,
                 records_round_trip_unicode_data,
-                replace_accepts_the_same_record_written_differently,
                 $($extra,)*
             );
         }
@@ -382,9 +557,9 @@ macro_rules! store_conformance {
     )*};
 }
 
-// The memory store holds records, never text, so no stored value of it can be corrupt.
+// The memory store holds records, never bytes: the at-rest cases (SPEC §14) are Redis's.
 store_conformance! {
     memory => super::memory_store;
-    redis => super::redis_store, corrupt_stored_value_is_an_error;
-    cluster => super::cluster_store, corrupt_stored_value_is_an_error;
+    redis => super::redis_store, corrupt_stored_value_is_an_error, a_flipped_byte_is_refused, a_value_moved_to_another_key_is_refused, a_dump_holds_no_session_id_and_no_data, replace_compares_records_not_their_sealed_bytes;
+    cluster => super::cluster_store, corrupt_stored_value_is_an_error, a_flipped_byte_is_refused, a_value_moved_to_another_key_is_refused, a_dump_holds_no_session_id_and_no_data, replace_compares_records_not_their_sealed_bytes;
 }

@@ -19,7 +19,7 @@ use crate::cookie::{self, Verified};
 use crate::error::GateError;
 use crate::metrics::{LookupResult, StoreOp};
 use crate::protocol;
-use crate::store::SessionStore;
+use crate::store::{SessionStore, StoreError};
 use crate::telemetry::Outcome;
 use crate::token;
 
@@ -88,6 +88,15 @@ impl Gate {
                 self.metrics.lookup(LookupResult::miss);
                 ctx.lookup = Lookup::Gone;
                 ctx.outcome = Outcome::Miss;
+            }
+            Err(e @ StoreError::Corrupt { .. }) => {
+                // SPEC §14: a value that does not open (altered, moved from another key, or
+                // of an unknown format) is no session. It is left in the store: it may be a
+                // newer version's during a rolling upgrade, and it expires with its TTL.
+                warn!(error = %e, "stored session refused; treated as no session");
+                self.metrics.lookup(LookupResult::invalid);
+                ctx.lookup = Lookup::Gone;
+                ctx.outcome = Outcome::Invalid;
             }
             Err(e) => {
                 self.metrics.lookup(LookupResult::error);

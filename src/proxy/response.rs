@@ -130,6 +130,10 @@ impl Gate {
                 Ok(Cas::Applied) => return CookieOut::Set(id),
                 Ok(Cas::Changed(current)) => expected = current,
                 Ok(Cas::Gone) => return CookieOut::Clear,
+                Err(e @ StoreError::Corrupt { .. }) => {
+                    warn!(error = %e, "stored session refused during the cookie refresh");
+                    return CookieOut::Clear;
+                }
                 Err(e) => {
                     // Bookkeeping only: the request itself succeeded and the session is
                     // intact, so the cookie is simply re-sent on a later request.
@@ -220,13 +224,22 @@ impl Gate {
                 data: Arc::from(data.as_str()),
             };
             let ttl = self.lifetime.ttl_for(&next, now);
-            match self
+            let cas = match self
                 .timed(
                     StoreOp::replace,
                     self.store.replace(&id, &expected, &next, ttl),
                 )
-                .await?
+                .await
             {
+                // Altered in the store since this request loaded it: no session any more,
+                // like a concurrent Destroy (SPEC §14).
+                Err(e @ StoreError::Corrupt { .. }) => {
+                    warn!(error = %e, "stored session refused; update dropped");
+                    return Ok((CookieOut::Clear, Some(Outcome::Invalid)));
+                }
+                other => other?,
+            };
+            match cas {
                 Cas::Applied => {
                     let out = if send_cookie {
                         CookieOut::Set(id)

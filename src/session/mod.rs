@@ -131,37 +131,6 @@ impl fmt::Debug for Record {
     }
 }
 
-/// Version tag of the serialized record, so that a later version can read it.
-const RECORD_VERSION: u64 = 1;
-
-#[derive(serde::Serialize)]
-struct RecordOut<'a> {
-    v: u64,
-    created: u64,
-    cookie_sent: u64,
-    data: &'a serde_json::value::RawValue,
-}
-
-#[derive(serde::Deserialize)]
-struct RecordIn<'a> {
-    v: u64,
-    created: u64,
-    cookie_sent: u64,
-    #[serde(borrow)]
-    data: &'a serde_json::value::RawValue,
-}
-
-/// Error for a stored value this version cannot read.
-#[derive(Debug, thiserror::Error)]
-pub enum CorruptRecord {
-    /// Not the JSON shape of a record.
-    #[error("stored session is not a valid record")]
-    Json(#[from] serde_json::Error),
-    /// Written by a newer, incompatible version.
-    #[error("stored session has unknown format version {0}")]
-    Version(u64),
-}
-
 impl Record {
     /// A new record created now with `data`.
     pub fn new(data: Arc<str>, now: u64) -> Self {
@@ -170,35 +139,6 @@ impl Record {
             cookie_sent: now,
             data,
         }
-    }
-
-    /// Serializes for an external store: `{"v":1,"created":..,"cookie_sent":..,"data":{..}}`.
-    pub fn to_json(&self) -> String {
-        let raw: &serde_json::value::RawValue =
-            serde_json::from_str(&self.data).expect("session data is always valid JSON");
-        serde_json::to_string(&RecordOut {
-            v: RECORD_VERSION,
-            created: self.created,
-            cookie_sent: self.cookie_sent,
-            data: raw,
-        })
-        .expect("a record always serializes")
-    }
-
-    /// Parses what [`Record::to_json`] wrote.
-    ///
-    /// # Errors
-    /// When the text is not a record of a known version.
-    pub fn from_json(text: &str) -> Result<Self, CorruptRecord> {
-        let rec: RecordIn<'_> = serde_json::from_str(text)?;
-        if rec.v != RECORD_VERSION {
-            return Err(CorruptRecord::Version(rec.v));
-        }
-        Ok(Self {
-            created: rec.created,
-            cookie_sent: rec.cookie_sent,
-            data: Arc::from(rec.data.get()),
-        })
     }
 }
 
@@ -275,26 +215,6 @@ mod tests {
         assert_eq!(format!("{:?}", SessionId::random()), "SessionId(..)");
         let rec = Record::new(Arc::from(r#"{"secret":"x"}"#), 1);
         assert!(!format!("{rec:?}").contains("secret"));
-    }
-
-    #[test]
-    fn record_round_trips_and_rejects_unknown_versions() {
-        let rec = Record {
-            created: 10,
-            cookie_sent: 20,
-            data: Arc::from(r#"{"user":"é","n":[1,2]}"#),
-        };
-        let text = rec.to_json();
-        assert_eq!(
-            text,
-            r#"{"v":1,"created":10,"cookie_sent":20,"data":{"user":"é","n":[1,2]}}"#
-        );
-        assert_eq!(Record::from_json(&text).unwrap(), rec);
-        assert!(matches!(
-            Record::from_json(r#"{"v":2,"created":1,"cookie_sent":1,"data":{}}"#),
-            Err(CorruptRecord::Version(2))
-        ));
-        assert!(Record::from_json("garbage").is_err());
     }
 
     /// The examples of RFC 7396 Appendix A.

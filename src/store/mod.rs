@@ -15,7 +15,8 @@
 //!   `expected` (compare-and-set). It never recreates a deleted entry, so a session
 //!   destroyed by one request is never brought back by another that was in flight.
 //! - [`delete`](SessionStore::delete) is idempotent.
-//! - `Err` means the store could not answer; it never means "no such session".
+//! - `Err` means the store could not answer; it never means "no such session", except
+//!   [`StoreError::Corrupt`]: the store answered with a value that is no session (SPEC §14).
 //! - When a call returns `Ok`, the change is visible to every later call (read your writes).
 //!
 //! ```
@@ -38,6 +39,7 @@
 
 mod memory;
 mod redis;
+pub mod seal;
 
 use std::future::Future;
 use std::time::Duration;
@@ -45,7 +47,8 @@ use std::time::Duration;
 pub use self::redis::RedisStore;
 pub use memory::MemoryStore;
 
-use crate::session::{CorruptRecord, Record, SessionId};
+use crate::session::{Record, SessionId};
+use seal::{CorruptRecord, KeyHash};
 
 /// Why a store operation failed.
 ///
@@ -63,9 +66,17 @@ pub enum StoreError {
     /// writers (or every fresh ID collided): the store is up, the session is busy.
     #[error("store contention: {0}")]
     Contention(&'static str),
-    /// The stored value could not be read.
-    #[error(transparent)]
-    Corrupt(#[from] CorruptRecord),
+    /// The stored value is no session: it fails to open (altered in the store, moved from
+    /// another key) or has a format version this version does not read (SPEC §14). Only the
+    /// Redis store returns it; it names the value by its key hash, never by the session ID.
+    #[error("stored session at key hash {key_hash}: {reason}")]
+    Corrupt {
+        /// The key hash of the session, as it appears in the store key (boxed: every
+        /// store result carries this error's size).
+        key_hash: Box<KeyHash>,
+        /// Why the value is refused.
+        reason: CorruptRecord,
+    },
 }
 
 /// The outcome of a compare-and-set.

@@ -3,9 +3,12 @@
 //!
 //! # Keys and values
 //!
-//! The key is `session.namespace` followed by the 43-character ID text, e.g.
-//! `session:3q2-…`; the value is [`Record::to_json`], which carries a format version.
-//! Every write sets an expiry of `ttl` in whole seconds (rounded up, at least 1).
+//! Sessions are stored sealed ([`seal`](super::seal), SPEC §14): the key is
+//! `session.namespace` followed by the [`KeyHash`] of the ID (SHA-256 of its text, 43
+//! characters of base64url), e.g. `session:6oZqdX5M…`, never the ID; the value is the
+//! record in format 2: version and timestamps in clear, the data encrypted and
+//! authenticated with AES-256-GCM under a key derived from the ID. Every write sets an
+//! expiry of `ttl` in whole seconds (rounded up, at least 1).
 //!
 //! # One round trip per operation
 //!
@@ -13,12 +16,15 @@
 //! |---|---|
 //! | [`load`](SessionStore::load) | `GETEX key EX ttl` (Redis 6.2 or later) |
 //! | [`create`](SessionStore::create) | `SET key value NX EX ttl` |
-//! | [`replace`](SessionStore::replace) | `EVALSHA` of a compare-and-set script: `GET`; nil -> gone, different -> changed, else `SET key new EX ttl` |
+//! | [`replace`](SessionStore::replace) | `EVALSHA` of a compare-and-set script: `GET`; nil -> gone, another header -> changed, else `SET key new EX ttl` |
 //! | [`delete`](SessionStore::delete) | `DEL key` |
 //! | [`ping`](SessionStore::ping) | `PING` (every primary, for a cluster) |
 //!
 //! The script never writes a key that is absent, so an entry destroyed by one request is
-//! never brought back by another that was in flight.
+//! never brought back by another that was in flight. It compares the clear header of the
+//! stored value with the header of `expected` ([`SessionKeys::header`]): the same record
+//! seals to other bytes on every write, and the header is what stays equal (see
+//! [`seal`](super::seal)).
 //!
 //! # Connections and failures
 //!
@@ -31,7 +37,8 @@
 //!
 //! Every operation, connecting included, is bounded by `store.timeout_ms`
 //! ([`StoreError::Timeout`]); Redis errors are [`StoreError::Unavailable`] with the
-//! redis error as the source; a value that is not a record is [`StoreError::Corrupt`].
+//! redis error as the source; a value that does not open is [`StoreError::Corrupt`], named
+//! by its key hash.
 //! After a timeout the connection is dropped and the next operation connects afresh:
 //! a server that vanished without closing the connection (host down, network partition,
 //! failover to another address) would otherwise keep timing out until TCP gives up.
@@ -50,18 +57,20 @@ use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, RedisError, RedisFuture, Value};
 
+use super::seal::{KEY_HASH_TEXT_LEN, KeyHash, SessionKeys};
 use super::{Cas, SessionStore, StoreError};
 use crate::config::StoreSettings;
-use crate::session::{CorruptRecord, ID_TEXT_LEN, Record, SessionId};
+use crate::session::{Record, SessionId};
 
-/// Compare-and-set: `KEYS[1]` = key, `ARGV` = expected JSON, new JSON, TTL seconds.
-/// Returns 0 when the key is absent, the current value when it differs, 1 when written.
+/// Compare-and-set: `KEYS[1]` = key, `ARGV` = expected header, new value, TTL seconds.
+/// Returns 0 when the key is absent, the current value when its header differs, 1 when
+/// written.
 const CAS_SCRIPT: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if not cur then
   return 0
 end
-if cur ~= ARGV[1] then
+if string.sub(cur, 1, #ARGV[1]) ~= ARGV[1] then
   return cur
 end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
@@ -239,11 +248,15 @@ impl RedisStore {
         matches!(self.inner.target, Target::Cluster(_))
     }
 
-    /// The Redis key of `id`: the namespace followed by the ID text.
+    /// The Redis key of `id`: the namespace followed by its key hash (never the ID).
     pub fn key(&self, id: &SessionId) -> String {
-        let mut key = String::with_capacity(self.inner.namespace.len() + ID_TEXT_LEN);
+        self.key_at(&KeyHash::of(id))
+    }
+
+    fn key_at(&self, hash: &KeyHash) -> String {
+        let mut key = String::with_capacity(self.inner.namespace.len() + KEY_HASH_TEXT_LEN);
         key.push_str(&self.inner.namespace);
-        key.push_str(id.encode().as_str());
+        key.push_str(hash.as_str());
         key
     }
 
@@ -339,14 +352,12 @@ fn ttl_secs(ttl: Duration) -> u64 {
     secs.max(1)
 }
 
-/// Parses a stored value; bytes that are not UTF-8 are corrupt too.
-fn parse(bytes: &[u8]) -> Result<Record, CorruptRecord> {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => Record::from_json(text),
-        Err(_) => Err(CorruptRecord::Json(serde::de::Error::custom(
-            "stored session is not UTF-8",
-        ))),
-    }
+/// Opens a stored value of the session `keys` belong to.
+fn open(keys: &SessionKeys, value: Vec<u8>) -> Result<Record, StoreError> {
+    keys.open(value).map_err(|reason| StoreError::Corrupt {
+        key_hash: Box::new(*keys.key_hash()),
+        reason,
+    })
 }
 
 /// An answer the command never gives, as a store error.
@@ -365,16 +376,15 @@ fn unexpected(what: &'static str, v: &Value) -> StoreError {
 
 impl SessionStore for RedisStore {
     async fn load(&self, id: &SessionId, ttl: Duration) -> Result<Option<Record>, StoreError> {
+        let keys = SessionKeys::derive(id);
         let mut cmd = redis::cmd("GETEX");
-        cmd.arg(self.key(id)).arg("EX").arg(ttl_secs(ttl));
-        self.run(|mut conn| async move {
-            let value: Option<Vec<u8>> = cmd.query_async(&mut conn).await.map_err(unavailable)?;
-            match value {
-                Some(bytes) => Ok(Some(parse(&bytes)?)),
-                None => Ok(None),
-            }
-        })
-        .await
+        cmd.arg(self.key_at(keys.key_hash()))
+            .arg("EX")
+            .arg(ttl_secs(ttl));
+        let value: Option<Vec<u8>> = self
+            .run(|mut conn| async move { cmd.query_async(&mut conn).await.map_err(unavailable) })
+            .await?;
+        value.map(|bytes| open(&keys, bytes)).transpose()
     }
 
     async fn create(
@@ -383,9 +393,10 @@ impl SessionStore for RedisStore {
         rec: &Record,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
+        let keys = SessionKeys::derive(id);
         let mut cmd = redis::cmd("SET");
-        cmd.arg(self.key(id))
-            .arg(rec.to_json())
+        cmd.arg(self.key_at(keys.key_hash()))
+            .arg(keys.seal(rec))
             .arg("NX")
             .arg("EX")
             .arg(ttl_secs(ttl));
@@ -408,43 +419,30 @@ impl SessionStore for RedisStore {
         new: &Record,
         ttl: Duration,
     ) -> Result<Cas, StoreError> {
-        let key = self.key(id);
-        let new_json = new.to_json();
+        let keys = SessionKeys::derive(id);
+        let key = self.key_at(keys.key_hash());
+        let expected = keys.header(expected);
+        let new = keys.seal(new);
         let secs = ttl_secs(ttl);
         let script = &self.inner.cas;
-        let mut expected_json = expected.to_json();
-        self.run(|mut conn| async move {
-            // A second round only when the stored text differs from ours but reads as the
-            // same record (written by another version, or by hand): it then compares
-            // against that exact text.
-            let mut retried = false;
-            loop {
-                let value: Value = script
+        let value: Value = self
+            .run(|mut conn| async move {
+                script
                     .key(&key)
-                    .arg(&expected_json)
-                    .arg(&new_json)
+                    .arg(&expected[..])
+                    .arg(new)
                     .arg(secs)
                     .invoke_async(&mut conn)
                     .await
-                    .map_err(unavailable)?;
-                let current = match value {
-                    Value::Int(0) => return Ok(Cas::Gone),
-                    Value::Int(1) => return Ok(Cas::Applied),
-                    Value::BulkString(bytes) => bytes,
-                    other => return Err(unexpected("the compare-and-set script", &other)),
-                };
-                let rec = parse(&current)?;
-                if retried || rec != *expected {
-                    return Ok(Cas::Changed(rec));
-                }
-                match String::from_utf8(current) {
-                    Ok(text) => expected_json = text,
-                    Err(_) => return Ok(Cas::Changed(rec)),
-                }
-                retried = true;
-            }
-        })
-        .await
+                    .map_err(unavailable)
+            })
+            .await?;
+        match value {
+            Value::Int(0) => Ok(Cas::Gone),
+            Value::Int(1) => Ok(Cas::Applied),
+            Value::BulkString(current) => Ok(Cas::Changed(open(&keys, current)?)),
+            other => Err(unexpected("the compare-and-set script", &other)),
+        }
     }
 
     async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
@@ -510,12 +508,13 @@ mod tests {
     }
 
     #[test]
-    fn key_is_namespace_then_id_text() {
+    fn key_is_namespace_then_key_hash() {
         let store = RedisStore::open(&settings("redis://127.0.0.1:1", &[]), "sess:").unwrap();
         let id = SessionId::random();
         let key = store.key(&id);
-        assert_eq!(key, format!("sess:{}", id.encode().as_str()));
-        assert_eq!(key.len(), 5 + ID_TEXT_LEN);
+        assert_eq!(key, format!("sess:{}", KeyHash::of(&id)));
+        assert_eq!(key.len(), 5 + KEY_HASH_TEXT_LEN);
+        assert!(!key.contains(id.encode().as_str()));
     }
 
     #[test]
@@ -546,12 +545,17 @@ mod tests {
     }
 
     #[test]
-    fn corrupt_values_are_corrupt() {
-        assert!(parse(b"\xff\xfe").is_err());
-        assert!(parse(b"{}").is_err());
-        assert!(parse(br#"{"v":99,"created":0,"cookie_sent":0,"data":{}}"#).is_err());
+    fn a_value_that_does_not_open_is_corrupt_and_named_by_its_key_hash() {
+        let keys = SessionKeys::derive(&SessionId::random());
         let rec = Record::new(r#"{"a":"é"}"#.into(), 5);
-        assert_eq!(parse(rec.to_json().as_bytes()).unwrap(), rec);
+        assert_eq!(open(&keys, keys.seal(&rec)).unwrap(), rec);
+        let err = open(&keys, b"not a record".to_vec()).unwrap_err();
+        let StoreError::Corrupt { key_hash, .. } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(**key_hash, *keys.key_hash());
+        let shown = err.to_string();
+        assert!(shown.contains(keys.key_hash().as_str()), "{shown}");
     }
 
     #[tokio::test]
