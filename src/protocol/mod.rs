@@ -1,6 +1,6 @@
 //! The header protocol between client, proxy and upstream (SPEC §5, §6): which header names
 //! are reserved for the proxy, hop-by-hop removal, upgrades, the cache rule for responses
-//! that carry our cookie, and (in [`directives`]) the `X-Session-*` directives the upstream
+//! that carry our cookie, and (in `protocol/directives.rs`) the `X-Session-*` directives the upstream
 //! answers with.
 //!
 //! Header names arrive lower-cased from hyper, but `_` and `-` are different bytes to the

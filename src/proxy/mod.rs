@@ -1,11 +1,11 @@
 //! The request path (SPEC §5–§7): [`Gate::handle`] runs four phases around a per-request
 //! context, one file each:
 //!
-//! 1. [`request`]: strip hop-by-hop, reserved and underscore headers, take our cookie out
+//! 1. `proxy/request.rs`: strip hop-by-hop, reserved and underscore headers, take our cookie out
 //!    of `Cookie`, verify it, and load the session (only for a verified cookie);
-//! 2. [`request`]: add `Host`, `X-Forwarded-*`, the signed token and `[forward.headers]`;
+//! 2. `proxy/request.rs`: add `Host`, `X-Forwarded-*`, the signed token and `[forward.headers]`;
 //!    the upstream exchange itself is [`crate::upstream`];
-//! 3. [`response`]: validate the directives, apply Destroy → Set → Update to the store,
+//! 3. `proxy/response.rs`: validate the directives, apply Destroy → Set → Update to the store,
 //!    strip `x-session*` and our cookie from the response, set the cookie;
 //! 4. here: one access event and the metrics, written by a drop guard, so that a request
 //!    whose client went away (hyper then drops this future) is still counted and logged.
