@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{self, Config, StoreKind};
 use crate::secrets::{Env, ProcessEnv, Secrets};
 use crate::store::RedisStore;
-use crate::{server, telemetry};
+use crate::{server, signals, telemetry};
 
 /// sessiongate: cookie-based, server-side sessions in front of any web application.
 #[derive(Debug, Parser)]
@@ -82,7 +82,7 @@ fn serve(config: &Config, secrets: &Secrets) -> ExitCode {
     runtime.block_on(async {
         telemetry::init(config.log);
         // Before binding: once the proxy answers, a SIGHUP must not stop it.
-        let sighup = server::Sighup::listen();
+        let sighup = signals::Sighup::listen();
         for warning in warnings(config, secrets) {
             tracing::warn!("{warning}");
         }
@@ -91,7 +91,7 @@ fn serve(config: &Config, secrets: &Secrets) -> ExitCode {
             Err(e) => return fail(&e.to_string()),
         };
         tokio::spawn(sighup.serve(running.tls().cloned()));
-        server::shutdown_signal().await;
+        signals::shutdown_signal().await;
         tracing::info!("signal received");
         running.shutdown().await;
         tracing::info!("stopped");

@@ -1,14 +1,27 @@
 //! sessiongate: a reverse proxy that gives an existing web application cookie-based,
-//! server-side sessions. The contract is `SPEC.md`; the request path is:
+//! server-side sessions.
 //!
-//! 1. strip hop-by-hop headers, then every client header in the reserved namespace
-//!    (`x-session*` and the forward header names, `_` read as `-`) ([`protocol`]);
-//! 2. take our cookie out of `Cookie` and verify its HMAC in constant time ([`cookie`]);
-//! 3. load the session, sliding its idle TTL, only for a verified cookie ([`store`]);
-//! 4. forward the request with a signed HS256 token of the session ([`token`]);
-//! 5. apply the upstream's `X-Session-Destroy` / `-Set` / `-Update` to the store, strip
-//!    every `x-session*` response header, and set, refresh or clear the cookie ([`proxy`]);
-//! 6. log one access event with no secret, cookie or session data in it ([`telemetry`]).
+//! # The request path
+//!
+//! [`server::serve`] accepts connections and hands each request to [`proxy::Gate::handle`],
+//! which runs these steps, each in one file:
+//!
+//! 1. `proxy/request.rs`: strip hop-by-hop headers, then every client header in the
+//!    reserved namespace (`x-session*` and the forward header names, `_` read as `-`)
+//!    ([`protocol`]); take our cookie out of `Cookie` and verify its HMAC in constant time
+//!    ([`cookie`]); load the session, only for a verified cookie ([`store`]), and judge its
+//!    age ([`session::Lifetime`]);
+//! 2. `proxy/request.rs`: add `Host`, `X-Forwarded-*` and the signed HS256 token of the
+//!    session ([`token`]); [`upstream`] sends it over a pooled keep-alive connection;
+//! 3. `proxy/response.rs`: apply the upstream's `X-Session-Destroy` / `-Set` / `-Update` to
+//!    the store ([`protocol`] parses them), strip every `x-session*` response header, and
+//!    set, refresh or clear the cookie;
+//! 4. `proxy/mod.rs`: a drop guard writes the access line ([`telemetry`]) and the request
+//!    metrics ([`metrics`]) once the response is ready, or when the client went away.
+//!
+//! Around it: [`cli`] (the commands), [`config`] (proxy.toml, parsed then validated),
+//! [`secrets`] (the environment), [`signals`], [`tls`], [`admin`] (health and metrics).
+//! Leaf modules: [`cidr`], [`fs`], [`error`].
 
 #![warn(missing_docs)]
 
@@ -25,6 +38,7 @@ pub mod proxy;
 pub mod secrets;
 pub mod server;
 pub mod session;
+pub mod signals;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

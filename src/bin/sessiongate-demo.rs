@@ -71,7 +71,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         "demo: app on http://{app_addr}, sessiongate on {base} — try:\n  curl -i -c jar -b jar -X POST '{url}/login?user=alice'\n  curl -i -c jar -b jar {url}/me",
         url = base.split(' ').next().unwrap_or_default(),
     );
-    sessiongate::server::shutdown_signal().await;
+    sessiongate::signals::shutdown_signal().await;
     running.shutdown().await;
     Ok(())
 }
