@@ -6,89 +6,14 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rcgen::{CertificateParams, CertifiedIssuer, KeyPair};
 use support::*;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
-
-/// The running binary and its JSON log lines.
-struct Proc {
-    child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
-    log: Vec<String>,
-}
-
-fn spawn(config: &Path) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sessiongate"))
-        .arg("-c")
-        .arg(config)
-        .env("SESSION_SECRET", SECRET)
-        .env("SESSION_UPSTREAM_SECRET", UPSTREAM_SECRET)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, lines) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut reader = BufReader::new(stdout).lines();
-        while let Ok(Some(line)) = reader.next_line().await {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    Proc {
-        child,
-        lines,
-        log: Vec::new(),
-    }
-}
-
-impl Proc {
-    /// Reads log lines until one whose message is `msg`; returns it parsed.
-    async fn wait_for(&mut self, msg: &str) -> serde_json::Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let line = tokio::time::timeout_at(deadline, self.lines.recv())
-                .await
-                .unwrap_or_else(|_| panic!("no {msg:?} log line; saw {:?}", self.log))
-                .unwrap_or_else(|| panic!("process exited before {msg:?}; saw {:?}", self.log));
-            self.log.push(line.clone());
-            let v: serde_json::Value =
-                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-            if v["message"] == msg {
-                return v;
-            }
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.child.id().expect("the process is running").to_string();
-        let ok = std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-
-    async fn exit_code(&mut self) -> i32 {
-        let status = tokio::time::timeout(Duration::from_secs(40), self.child.wait())
-            .await
-            .expect("exits within the grace period")
-            .unwrap();
-        status.code().expect("exited, not killed by a signal")
-    }
-}
 
 /// A config listening on an ephemeral port (the address is read from the log), with
 /// `extra` appended.
@@ -192,7 +117,7 @@ async fn serves(addr: SocketAddr, tls: Option<&TlsConnector>) {
 /// Starts the binary, checks that it serves, sends SIGHUP twice (each answered with the
 /// `answer` log line), checks that it is alive and still serves, then stops it with SIGTERM.
 async fn survives_sighup(config: &Path, tls: Option<&TlsConnector>, answer: &str) {
-    let mut proc = spawn(config);
+    let mut proc = spawn_binary(config);
     let started = proc.wait_for("sessiongate listening").await;
     let addr: SocketAddr = started["addr"].as_str().unwrap().parse().unwrap();
     assert_eq!(started["https"], tls.is_some());
@@ -203,9 +128,9 @@ async fn survives_sighup(config: &Path, tls: Option<&TlsConnector>, answer: &str
         proc.wait_for(answer).await;
     }
     assert!(
-        proc.child.try_wait().unwrap().is_none(),
+        proc.is_running(),
         "SIGHUP stopped the proxy; log: {:?}",
-        proc.log
+        proc.log()
     );
     serves(addr, tls).await;
 
