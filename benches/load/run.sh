@@ -29,7 +29,7 @@
 # (CPU there is sessiongate + redis-server).
 
 # The figures of the last measured run, and what the profile says about them, are in
-# README.md (Performance). With both servers on CPU 0, req/s is roughly 1 / (proxy CPU +
+# benches/load/README.md. With both servers on CPU 0, req/s is roughly 1 / (proxy CPU +
 # upstream CPU), so the req/s ratio understates the proxy's own CPU ratio; CPU us/req is
 # the steadier figure on a machine shared with other work.
 
