@@ -133,21 +133,7 @@ impl Fixture {
             Redis::Server(s) => vec![s],
             Redis::Cluster(c) => c.nodes.iter().collect(),
         };
-        let mut all = Vec::new();
-        for server in servers {
-            let mut conn = server.connection();
-            let mut scan = ::redis::cmd("SCAN");
-            scan.cursor_arg(0);
-            let keys: Vec<Vec<u8>> = scan
-                .iter(&mut conn)
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
-            for key in keys {
-                let value: Vec<u8> = ::redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
-                all.push((key, value));
-            }
-        }
+        let all = servers.into_iter().flat_map(RedisServer::dump).collect();
         Some(all)
     }
 

@@ -165,6 +165,24 @@ impl RedisServer {
             .expect("the test server answers")
     }
 
+    /// Every key and its value held by this server, from a `SCAN` and a `GET` of each key.
+    pub fn dump(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut conn = self.connection();
+        let mut scan = redis::cmd("SCAN");
+        scan.cursor_arg(0);
+        let keys: Vec<Vec<u8>> = scan
+            .iter(&mut conn)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        keys.into_iter()
+            .map(|key| {
+                let value: Vec<u8> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
+                (key, value)
+            })
+            .collect()
+    }
+
     /// Kills the server (SIGKILL) and waits for it to exit. Its data is lost.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
