@@ -5,7 +5,11 @@
 #   bash benches/load/run.sh
 #
 # Knobs (environment): ROUNDS=3 DURATION=10 (seconds per run) CONNS=32 WARMUP=2
-# PRELOAD=1000000 (sessions for the RSS test; 0 skips it) REDIS=1 (0 skips the Redis row).
+# PRELOAD=1000000 (sessions for the RSS test; 0 skips it) REDIS=1 (0 skips the Redis row)
+# BIN= (the sessiongate binary; default: the release build of this checkout)
+# SCENARIOS="S1 S2 S3" (the memory-store rows against nginx-plain; "" runs only the Redis rows)
+# BASELINE_BIN= (another sessiongate binary: adds an S2 Redis row "baseline+redis" run with it,
+# interleaved with this build's, and prints the CPU difference per request).
 #
 # What runs, all on 127.0.0.1 and stopped on exit:
 # - upstream: nginx, one worker; `/` and `/login` (which answers `X-Session-Set:
@@ -41,6 +45,7 @@ CONNS=${CONNS:-32}
 WARMUP=${WARMUP:-2}
 PRELOAD=${PRELOAD:-1000000}
 REDIS=${REDIS:-1}
+SCENARIOS=${SCENARIOS-S1 S2 S3}
 SERVER_CPU=0
 LOAD_CPU=1
 
@@ -70,7 +75,7 @@ CLK_TCK=$(getconf CLK_TCK)
 
 log "cargo build --release"
 (cd "$ROOT" && cargo build --release --quiet)
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/sessiongate"
+BIN="${BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/sessiongate}"
 [ -x "$BIN" ] || die "no binary at $BIN"
 
 # --- process bookkeeping ---------------------------------------------------------------
@@ -165,12 +170,12 @@ start_nginx() { # start_nginx NAME TEMPLATE KEY=VALUE... ; sets NGINX_MASTER, NG
 SECRET=$("$BIN" gen-secret)
 UPSTREAM_SECRET=$("$BIN" gen-secret)
 
-start_gate() { # start_gate NAME PORT ADMIN_PORT STORE_LINES (\n between lines); sets GATE_PID
-    local name=$1 port=$2 admin=$3 store=$4
+start_gate() { # start_gate NAME PORT ADMIN_PORT STORE_LINES (\n between lines) [BINARY]; sets GATE_PID
+    local name=$1 port=$2 admin=$3 store=$4 bin=${5:-$BIN}
     render "$HERE/sessiongate.toml.in" "$TMP/$name.toml" "PORT=$port" \
         "UPSTREAM_PORT=$UPSTREAM_PORT" "ADMIN_PORT=$admin" "STORE=$store"
     RUST_LOG=warn SESSION_SECRET=$SECRET SESSION_UPSTREAM_SECRET=$UPSTREAM_SECRET \
-        taskset -c "$SERVER_CPU" "$BIN" -c "$TMP/$name.toml" >"$TMP/$name.log" 2>&1 &
+        taskset -c "$SERVER_CPU" "$bin" -c "$TMP/$name.toml" >"$TMP/$name.log" 2>&1 &
     GATE_PID=$!
     PIDS+=("$GATE_PID")
     for _ in $(seq 100); do
@@ -313,7 +318,7 @@ done
 for round in $(seq "$ROUNDS"); do
     # Alternate which proxy goes first, so neither always follows the other.
     if [ $((round % 2)) -eq 1 ]; then order="nginx-plain sessiongate"; else order="sessiongate nginx-plain"; fi
-    for scenario in S1 S2 S3; do
+    for scenario in $SCENARIOS; do
         case $scenario in
             S1) path=/ cookie="" ;;
             S2) path=/ cookie=$COOKIE ;;
@@ -346,24 +351,41 @@ else
         (exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT") 2>/dev/null && break
         sleep 0.1
     done
-    free_port RGATE_PORT
-    free_port RGATE_ADMIN
-    RCOOKIE=""
-    if start_gate gate-redis "$RGATE_PORT" "$RGATE_ADMIN" \
-        "kind = \"redis\"\\nurl = \"redis://127.0.0.1:$REDIS_PORT\"\\nrequire_on_start = true"; then
-        RGATE=$GATE_PID
-        RCOOKIE=$(try_cookie "$RGATE_PORT" /login) || RCOOKIE=""
-    fi
-    if [ -z "$RCOOKIE" ]; then
-        REDIS_NOTE="S2-redis: skipped (redis store not available)"
-        [ -f "$TMP/gate-redis.log" ] && log "gate-redis said: $(tail -n 3 "$TMP/gate-redis.log")"
-    else
-        warm "$RGATE_PORT" / "$RCOOKIE"
-        for round in $(seq "$ROUNDS"); do
-            run_wrk S2 sessiongate+redis "$round" "$RGATE_PORT" / "$RCOOKIE" "$RGATE" "$REDIS_PID"
+    # One sessiongate per variant on the same redis-server, interleaved round by round:
+    # "sessiongate+redis" is $BIN; with BASELINE_BIN set, "baseline+redis" is that binary
+    # (e.g. an older commit's release build), so a change's cost is measured in one run.
+    variants=("sessiongate+redis|$BIN|sg")
+    [ -n "${BASELINE_BIN:-}" ] && variants+=("baseline+redis|$BASELINE_BIN|base")
+    running=()
+    for v in "${variants[@]}"; do
+        IFS='|' read -r vname vbin vns <<<"$v"
+        [ -x "$vbin" ] || die "no binary at $vbin"
+        free_port VPORT
+        free_port VADMIN
+        if start_gate "gate-$vns" "$VPORT" "$VADMIN" \
+            "kind = \"redis\"\\nurl = \"redis://127.0.0.1:$REDIS_PORT\"\\nrequire_on_start = true" "$vbin"; then
+            vpid=$GATE_PID
+            if vcookie=$(try_cookie "$VPORT" /login); then
+                warm "$VPORT" / "$vcookie"
+                running+=("$vname|$VPORT|$vcookie|$vpid")
+            else
+                stop_pid "$vpid"
+            fi
+        fi
+        if [ ${#running[@]} -eq 0 ] || [ "${running[-1]%%|*}" != "$vname" ]; then
+            REDIS_NOTE+="S2 $vname: skipped (redis store not available) "
+            [ -f "$TMP/gate-$vns.log" ] && log "gate-$vns said: $(tail -n 3 "$TMP/gate-$vns.log")"
+        fi
+    done
+    for round in $(seq "$ROUNDS"); do
+        n=${#running[@]}
+        for i in $(seq 0 $((n - 1))); do
+            # Rotate the order each round, so no variant always runs first.
+            IFS='|' read -r vname vport vcookie vpid <<<"${running[$(( (i + round) % n ))]}"
+            run_wrk S2 "$vname" "$round" "$vport" / "$vcookie" "$vpid" "$REDIS_PID"
         done
-        stop_pid "$RGATE"
-    fi
+    done
+    for v in "${running[@]}"; do stop_pid "${v##*|}"; done
     stop_pid "$REDIS_PID"
 fi
 
@@ -453,11 +475,23 @@ check() { # check LABEL VALUE OP LIMIT
 }
 echo
 echo "targets:"
-check "S1 req/s vs nginx-plain" "$(ratio S1 sessiongate nginx-plain 4)" ">=" 1.0
-check "S2 req/s vs nginx-plain" "$(ratio S2 sessiongate nginx-plain 4)" ">=" 1.0
-check "S2 CPU us/req vs nginx-plain" "$(ratio S2 sessiongate nginx-plain 7)" "<=" 1.0
-check "S2 p99 vs nginx-plain" "$(ratio S2 sessiongate nginx-plain 6)" "<=" 1.2
-check "S3 req/s vs nginx-plain" "$(ratio S3 sessiongate nginx-plain 4)" ">=" 0.9
+has() { awk -F'\t' -v s="$1" -v t="$2" '$1 == s && $2 == t {n++} END {exit n == 0}' "$RESULTS"; }
+has S1 sessiongate && check "S1 req/s vs nginx-plain" "$(ratio S1 sessiongate nginx-plain 4)" ">=" 1.0
+if has S2 sessiongate; then
+    check "S2 req/s vs nginx-plain" "$(ratio S2 sessiongate nginx-plain 4)" ">=" 1.0
+    check "S2 CPU us/req vs nginx-plain" "$(ratio S2 sessiongate nginx-plain 7)" "<=" 1.0
+    check "S2 p99 vs nginx-plain" "$(ratio S2 sessiongate nginx-plain 6)" "<=" 1.2
+fi
+has S3 sessiongate && check "S3 req/s vs nginx-plain" "$(ratio S3 sessiongate nginx-plain 4)" ">=" 0.9
+if has S2 baseline+redis && has S2 sessiongate+redis; then
+    # Round by round (the two ran back to back), then the median of those differences.
+    paired=$(awk -F'\t' '$1 == "S2" && $2 == "sessiongate+redis" {a[$3] = $7}
+        $1 == "S2" && $2 == "baseline+redis" {b[$3] = $7}
+        END {for (r in a) if (r in b) print a[r] - b[r]}' "$RESULTS" | median)
+    printf '  %-44s %+8.2f us (median of per-round differences; medians %s and %s)\n' \
+        "S2 redis CPU/req, this build - baseline" "$paired" \
+        "$(col S2 sessiongate+redis 7)" "$(col S2 baseline+redis 7)"
+fi
 if [ -n "${rss2:-}" ]; then
     check "VmRSS MB with $n2 sessions" "$(awk -v k="$rss2" 'BEGIN {printf "%.0f", k / 1024}')" "<=" 400
     check "S2 p99 with $n2 vs $n1 sessions" "$(ratio S2 "sg-${n2}-sessions" "sg-${n1}-sessions" 6)" "<=" 1.1
