@@ -77,16 +77,6 @@ fn row(
     }
 }
 
-/// The value of an unlabelled counter on the admin listener.
-async fn counter(gate: &Gate, name: &str) -> u64 {
-    let (_, text) = gate.admin_get("/metrics").await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
-        .parse()
-        .unwrap()
-}
-
 /// Sends each row to `path_prefix/<i>` (with `extra` headers, e.g. a cookie) and checks
 /// the status, the 403's body and headers, and that the upstream saw exactly the rows
 /// that pass. Returns how many were refused.
@@ -140,6 +130,7 @@ async fn run_table(
 }
 
 /// The attack table, for a gate at `host` (`127.0.0.1:PORT`, what the client sends as Host).
+#[rustfmt::skip]
 fn attack_table(host: &str) -> Vec<Row> {
     let same = format!("http://{host}");
     let ip = host.rsplit_once(':').unwrap().0;
@@ -154,249 +145,49 @@ fn attack_table(host: &str) -> Vec<Row> {
     let s = same.as_str();
     vec![
         // Safe methods always pass, even cross-site.
-        row(
-            "GET cross-site",
-            "GET",
-            &[
-                ("sec-fetch-site", "cross-site"),
-                ("origin", "http://evil.example"),
-            ],
-            true,
-        ),
-        row(
-            "HEAD cross-site",
-            "HEAD",
-            &[("sec-fetch-site", "cross-site")],
-            true,
-        ),
-        row(
-            "OPTIONS cross-site",
-            "OPTIONS",
-            &[("sec-fetch-site", "cross-site")],
-            true,
-        ),
+        row("GET cross-site", "GET", &[("sec-fetch-site", "cross-site"), ("origin", "http://evil.example")], true),
+        row("HEAD cross-site", "HEAD", &[("sec-fetch-site", "cross-site")], true),
+        row("OPTIONS cross-site", "OPTIONS", &[("sec-fetch-site", "cross-site")], true),
         // Unsafe methods, as a modern browser labels them.
-        row(
-            "POST cross-site",
-            "POST",
-            &[
-                ("sec-fetch-site", "cross-site"),
-                ("origin", "http://evil.example"),
-            ],
-            false,
-        ),
-        row(
-            "PUT cross-site",
-            "PUT",
-            &[("sec-fetch-site", "cross-site")],
-            false,
-        ),
-        row(
-            "PATCH cross-site",
-            "PATCH",
-            &[("sec-fetch-site", "cross-site")],
-            false,
-        ),
-        row(
-            "DELETE cross-site",
-            "DELETE",
-            &[("sec-fetch-site", "cross-site")],
-            false,
-        ),
-        row(
-            "PROPFIND cross-site",
-            "PROPFIND",
-            &[("sec-fetch-site", "cross-site")],
-            false,
-        ),
-        row(
-            "lowercase post cross-site",
-            "post",
-            &[("sec-fetch-site", "cross-site")],
-            false,
-        ),
-        row(
-            "lowercase get cross-site (not GET)",
-            "get",
-            &[("sec-fetch-site", "cross-site")],
-            false,
-        ),
-        row(
-            "POST same-site (sibling subdomain)",
-            "POST",
-            &[
-                ("sec-fetch-site", "same-site"),
-                ("origin", "http://sub.example"),
-            ],
-            false,
-        ),
-        row(
-            "POST same-origin",
-            "POST",
-            &[("sec-fetch-site", "same-origin"), ("origin", s)],
-            true,
-        ),
-        row(
-            "POST none (typed URL, bookmark)",
-            "POST",
-            &[("sec-fetch-site", "none")],
-            true,
-        ),
-        row(
-            "POST Sec-Fetch-Site garbage",
-            "POST",
-            &[("sec-fetch-site", "garbage")],
-            false,
-        ),
-        row(
-            "POST Sec-Fetch-Site Same-Origin (case)",
-            "POST",
-            &[("sec-fetch-site", "Same-Origin")],
-            false,
-        ),
-        row(
-            "POST Sec-Fetch-Site empty, no Origin",
-            "POST",
-            &[("sec-fetch-site", "")],
-            true,
-        ),
-        row(
-            "POST Sec-Fetch-Site empty, foreign Origin",
-            "POST",
-            &[("sec-fetch-site", ""), ("origin", "http://evil.example")],
-            false,
-        ),
-        row(
-            "POST Sec-Fetch-Site cross-site then same-origin",
-            "POST",
-            &[
-                ("sec-fetch-site", "cross-site"),
-                ("sec-fetch-site", "same-origin"),
-            ],
-            false,
-        ),
-        row(
-            "POST Sec-Fetch-Site same-origin then cross-site",
-            "POST",
-            &[
-                ("sec-fetch-site", "same-origin"),
-                ("sec-fetch-site", "cross-site"),
-            ],
-            true,
-        ),
-        row(
-            "POST Sec-Fetch-Site cross-site, same Origin",
-            "POST",
-            &[("sec-fetch-site", "cross-site"), ("origin", s)],
-            false,
-        ),
+        row("POST cross-site", "POST", &[("sec-fetch-site", "cross-site"), ("origin", "http://evil.example")], false),
+        row("PUT cross-site", "PUT", &[("sec-fetch-site", "cross-site")], false),
+        row("PATCH cross-site", "PATCH", &[("sec-fetch-site", "cross-site")], false),
+        row("DELETE cross-site", "DELETE", &[("sec-fetch-site", "cross-site")], false),
+        row("PROPFIND cross-site", "PROPFIND", &[("sec-fetch-site", "cross-site")], false),
+        row("lowercase post cross-site", "post", &[("sec-fetch-site", "cross-site")], false),
+        row("lowercase get cross-site (not GET)", "get", &[("sec-fetch-site", "cross-site")], false),
+        row("POST same-site (sibling subdomain)", "POST", &[("sec-fetch-site", "same-site"), ("origin", "http://sub.example")], false),
+        row("POST same-origin", "POST", &[("sec-fetch-site", "same-origin"), ("origin", s)], true),
+        row("POST none (typed URL, bookmark)", "POST", &[("sec-fetch-site", "none")], true),
+        row("POST Sec-Fetch-Site garbage", "POST", &[("sec-fetch-site", "garbage")], false),
+        row("POST Sec-Fetch-Site Same-Origin (case)", "POST", &[("sec-fetch-site", "Same-Origin")], false),
+        row("POST Sec-Fetch-Site empty, no Origin", "POST", &[("sec-fetch-site", "")], true),
+        row("POST Sec-Fetch-Site empty, foreign Origin", "POST", &[("sec-fetch-site", ""), ("origin", "http://evil.example")], false),
+        row("POST Sec-Fetch-Site cross-site then same-origin", "POST", &[("sec-fetch-site", "cross-site"), ("sec-fetch-site", "same-origin")], false),
+        row("POST Sec-Fetch-Site same-origin then cross-site", "POST", &[("sec-fetch-site", "same-origin"), ("sec-fetch-site", "cross-site")], true),
+        row("POST Sec-Fetch-Site cross-site, same Origin", "POST", &[("sec-fetch-site", "cross-site"), ("origin", s)], false),
         // Without Sec-Fetch-Site (older browsers, other clients): the Origin decides.
-        row(
-            "POST no browser headers (curl, API client)",
-            "POST",
-            &[],
-            true,
-        ),
+        row("POST no browser headers (curl, API client)", "POST", &[], true),
         row("POST Origin = own origin", "POST", &[("origin", s)], true),
-        row(
-            "POST Origin other site",
-            "POST",
-            &[("origin", "http://evil.example")],
-            false,
-        ),
+        row("POST Origin other site", "POST", &[("origin", "http://evil.example")], false),
         row("POST Origin null", "POST", &[("origin", "null")], false),
-        row(
-            "POST Origin other port",
-            "POST",
-            &[("origin", &other_port)],
-            false,
-        ),
-        row(
-            "POST Origin https, same host:port (scheme not compared)",
-            "POST",
-            &[("origin", &https_same)],
-            true,
-        ),
-        row(
-            "POST Origin trailing slash",
-            "POST",
-            &[("origin", &slash)],
-            true,
-        ),
-        row(
-            "POST Origin with path and query",
-            "POST",
-            &[("origin", &with_path)],
-            true,
-        ),
-        row(
-            "POST Origin uppercase host",
-            "POST",
-            &[("host", "app.example"), ("origin", "http://APP.EXAMPLE")],
-            false,
-        ),
-        row(
-            "POST Origin userinfo before own host",
-            "POST",
-            &[("origin", &userinfo)],
-            true,
-        ),
-        row(
-            "POST Origin own host as userinfo",
-            "POST",
-            &[("origin", &userinfo_trick)],
-            false,
-        ),
-        row(
-            "POST Origin own host as prefix",
-            "POST",
-            &[("origin", &suffix_trick)],
-            false,
-        ),
-        row(
-            "POST Origin without the port",
-            "POST",
-            &[("origin", &no_port_origin)],
-            false,
-        ),
+        row("POST Origin other port", "POST", &[("origin", &other_port)], false),
+        row("POST Origin https, same host:port (scheme not compared)", "POST", &[("origin", &https_same)], true),
+        row("POST Origin trailing slash", "POST", &[("origin", &slash)], true),
+        row("POST Origin with path and query", "POST", &[("origin", &with_path)], true),
+        row("POST Origin uppercase host", "POST", &[("host", "app.example"), ("origin", "http://APP.EXAMPLE")], false),
+        row("POST Origin userinfo before own host", "POST", &[("origin", &userinfo)], true),
+        row("POST Origin own host as userinfo", "POST", &[("origin", &userinfo_trick)], false),
+        row("POST Origin own host as prefix", "POST", &[("origin", &suffix_trick)], false),
+        row("POST Origin without the port", "POST", &[("origin", &no_port_origin)], false),
         row("POST Origin empty", "POST", &[("origin", "")], true),
-        row(
-            "POST two Origins, own first",
-            "POST",
-            &[("origin", s), ("origin", "http://evil.example")],
-            true,
-        ),
-        row(
-            "POST two Origins, foreign first",
-            "POST",
-            &[("origin", "http://evil.example"), ("origin", s)],
-            false,
-        ),
+        row("POST two Origins, own first", "POST", &[("origin", s), ("origin", "http://evil.example")], true),
+        row("POST two Origins, foreign first", "POST", &[("origin", "http://evil.example"), ("origin", s)], false),
         // Host spellings: compared with the Origin's host[:port] byte for byte.
-        row(
-            "POST Host without port, Origin without port",
-            "POST",
-            &[("host", ip), ("origin", &no_port_origin)],
-            true,
-        ),
-        row(
-            "POST Host without port, Origin with port",
-            "POST",
-            &[("host", ip), ("origin", s)],
-            false,
-        ),
-        row(
-            "POST Host app.example, Origin app.example",
-            "POST",
-            &[("host", "app.example"), ("origin", "http://app.example")],
-            true,
-        ),
-        row(
-            "POST Host App.Example, Origin app.example",
-            "POST",
-            &[("host", "App.Example"), ("origin", "http://app.example")],
-            false,
-        ),
+        row("POST Host without port, Origin without port", "POST", &[("host", ip), ("origin", &no_port_origin)], true),
+        row("POST Host without port, Origin with port", "POST", &[("host", ip), ("origin", s)], false),
+        row("POST Host app.example, Origin app.example", "POST", &[("host", "app.example"), ("origin", "http://app.example")], true),
+        row("POST Host App.Example, Origin app.example", "POST", &[("host", "App.Example"), ("origin", "http://app.example")], false),
     ]
 }
 
@@ -413,10 +204,10 @@ async fn the_attack_table_with_and_without_a_session() {
 
     let refused = run_table(&gate, &app, "/anon", &rows, &[]).await;
     assert_eq!(
-        counter(&gate, "sessiongate_csrf_refused_total").await,
+        gate.counter("sessiongate_csrf_refused_total").await,
         refused
     );
-    assert_eq!(counter(&gate, "sessiongate_csrf_reported_total").await, 0);
+    assert_eq!(gate.counter("sessiongate_csrf_reported_total").await, 0);
 
     // With a session: refused before the session is read (no store access at all).
     let cookie = gate.get("/login").await.session_cookie();
@@ -439,7 +230,7 @@ async fn the_attack_table_with_and_without_a_session() {
         "a refused request touched the store"
     );
     assert_eq!(
-        counter(&gate, "sessiongate_csrf_refused_total").await,
+        gate.counter("sessiongate_csrf_refused_total").await,
         refused + n
     );
 
@@ -533,104 +324,19 @@ async fn trusted_origins_pass_and_nothing_else_does() {
         .toml("[csrf]\ntrusted_origins = [\"https://Admin.Example\", \"http://127.0.0.1:4000\"]")
         .run()
         .await;
+    #[rustfmt::skip]
     let rows = vec![
-        row(
-            "trusted, cross-site",
-            "POST",
-            &[
-                ("sec-fetch-site", "cross-site"),
-                ("origin", "https://admin.example"),
-            ],
-            true,
-        ),
-        row(
-            "trusted, same-site",
-            "POST",
-            &[
-                ("sec-fetch-site", "same-site"),
-                ("origin", "https://admin.example"),
-            ],
-            true,
-        ),
-        row(
-            "trusted, no Sec-Fetch-Site",
-            "POST",
-            &[("origin", "https://admin.example")],
-            true,
-        ),
-        row(
-            "trusted with port",
-            "DELETE",
-            &[
-                ("sec-fetch-site", "cross-site"),
-                ("origin", "http://127.0.0.1:4000"),
-            ],
-            true,
-        ),
-        row(
-            "trusted, as written in the config (uppercase)",
-            "POST",
-            &[
-                ("sec-fetch-site", "cross-site"),
-                ("origin", "https://Admin.Example"),
-            ],
-            false,
-        ),
-        row(
-            "trusted host, other scheme",
-            "POST",
-            &[
-                ("sec-fetch-site", "cross-site"),
-                ("origin", "http://admin.example"),
-            ],
-            false,
-        ),
-        row(
-            "trusted host, trailing slash",
-            "POST",
-            &[
-                ("sec-fetch-site", "cross-site"),
-                ("origin", "https://admin.example/"),
-            ],
-            false,
-        ),
-        row(
-            "trusted host, explicit default port",
-            "POST",
-            &[
-                ("sec-fetch-site", "cross-site"),
-                ("origin", "https://admin.example:443"),
-            ],
-            false,
-        ),
-        row(
-            "trusted as a suffix",
-            "POST",
-            &[
-                ("sec-fetch-site", "cross-site"),
-                ("origin", "https://admin.example.evil"),
-            ],
-            false,
-        ),
-        row(
-            "trusted, second Origin line",
-            "POST",
-            &[
-                ("sec-fetch-site", "cross-site"),
-                ("origin", "http://evil.example"),
-                ("origin", "https://admin.example"),
-            ],
-            false,
-        ),
-        row(
-            "untrusted",
-            "POST",
-            &[
-                ("sec-fetch-site", "cross-site"),
-                ("origin", "http://evil.example"),
-            ],
-            false,
-        ),
+        row("trusted, cross-site", "POST", &[("sec-fetch-site", "cross-site"), ("origin", "https://admin.example")], true),
+        row("trusted, same-site", "POST", &[("sec-fetch-site", "same-site"), ("origin", "https://admin.example")], true),
+        row("trusted, no Sec-Fetch-Site", "POST", &[("origin", "https://admin.example")], true),
+        row("trusted with port", "DELETE", &[("sec-fetch-site", "cross-site"), ("origin", "http://127.0.0.1:4000")], true),
+        row("trusted, as written in the config (uppercase)", "POST", &[("sec-fetch-site", "cross-site"), ("origin", "https://Admin.Example")], false),
+        row("trusted host, other scheme", "POST", &[("sec-fetch-site", "cross-site"), ("origin", "http://admin.example")], false),
+        row("trusted host, trailing slash", "POST", &[("sec-fetch-site", "cross-site"), ("origin", "https://admin.example/")], false),
+        row("trusted host, explicit default port", "POST", &[("sec-fetch-site", "cross-site"), ("origin", "https://admin.example:443")], false),
+        row("trusted as a suffix", "POST", &[("sec-fetch-site", "cross-site"), ("origin", "https://admin.example.evil")], false),
+        row("trusted, second Origin line", "POST", &[("sec-fetch-site", "cross-site"), ("origin", "http://evil.example"), ("origin", "https://admin.example")], false),
+        row("untrusted", "POST", &[("sec-fetch-site", "cross-site"), ("origin", "http://evil.example")], false),
     ];
     run_table(&gate, &app, "/trusted", &rows, &[]).await;
     gate.join().await;
@@ -655,11 +361,8 @@ async fn report_only_forwards_logs_and_counts() {
         .filter(|r| !r.passes)
         .count() as u64;
     run_table(&gate, &app, "/report", &rows, &[("cookie", &cookie)]).await;
-    assert_eq!(
-        counter(&gate, "sessiongate_csrf_reported_total").await,
-        would
-    );
-    assert_eq!(counter(&gate, "sessiongate_csrf_refused_total").await, 0);
+    assert_eq!(gate.counter("sessiongate_csrf_reported_total").await, would);
+    assert_eq!(gate.counter("sessiongate_csrf_refused_total").await, 0);
     // Forwarded with the session: the upstream sees the token as on any request.
     assert!(
         app.seen()
@@ -704,7 +407,7 @@ async fn disabled_checks_nothing() {
         .map(|r| Row { passes: true, ..r })
         .collect();
     run_table(&gate, &app, "/off", &rows, &[]).await;
-    assert_eq!(counter(&gate, "sessiongate_csrf_refused_total").await, 0);
-    assert_eq!(counter(&gate, "sessiongate_csrf_reported_total").await, 0);
+    assert_eq!(gate.counter("sessiongate_csrf_refused_total").await, 0);
+    assert_eq!(gate.counter("sessiongate_csrf_reported_total").await, 0);
     gate.join().await;
 }
