@@ -1,8 +1,9 @@
 //! The request path (SPEC §5–§7): [`Gate::handle`] runs four phases around a per-request
 //! context, one file each:
 //!
-//! 1. `proxy/request.rs`: strip hop-by-hop, reserved and underscore headers, take our cookie out
-//!    of `Cookie`, verify it, and load the session (only for a verified cookie);
+//! 1. `proxy/request.rs`: strip hop-by-hop, reserved and underscore headers, refuse a
+//!    cross-origin unsafe request ([`csrf`], SPEC §12), take our cookie out of `Cookie`, verify
+//!    it, and load the session (only for a verified cookie);
 //! 2. `proxy/request.rs`: add `Host`, `X-Forwarded-*`, the signed token and `[forward.headers]`;
 //!    the upstream exchange itself is [`crate::upstream`];
 //! 3. `proxy/response.rs`: validate the directives, apply Destroy → Set → Update to the store,
