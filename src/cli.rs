@@ -205,6 +205,11 @@ pub fn describe(config: &Config, secrets: &Secrets) -> String {
     }
     let _ = writeln!(out, "[log]");
     let _ = writeln!(out, "format = {:?}", config.log);
+    let cs = &config.csrf;
+    let _ = writeln!(out, "[csrf]");
+    let _ = writeln!(out, "enabled = {}", cs.enabled);
+    let _ = writeln!(out, "trusted_origins = [{}]", cs.trusted_origins.join(", "));
+    let _ = writeln!(out, "report_only = {}", cs.report_only);
     let _ = writeln!(out, "[secrets]");
     let _ = writeln!(
         out,

@@ -8,7 +8,8 @@
 //!
 //! 1. `proxy/request.rs`: strip hop-by-hop headers, then every client header in the
 //!    reserved namespace (`x-session*` and the forward header names, `_` read as `-`)
-//!    ([`protocol`]); take our cookie out of `Cookie` and verify its HMAC in constant time
+//!    ([`protocol`]); refuse a cross-origin unsafe request with 403 ([`proxy::csrf`], before
+//!    any session is read); take our cookie out of `Cookie` and verify its HMAC in constant time
 //!    ([`cookie`]); load the session, only for a verified cookie ([`store`]), and judge its
 //!    age ([`session::Lifetime`]);
 //! 2. `proxy/request.rs`: add `Host`, `X-Forwarded-*` and the signed HS256 token of the

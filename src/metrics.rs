@@ -29,6 +29,11 @@ pub const UPSTREAM_ERRORS: &str = "sessiongate_upstream_errors";
 pub const UPSTREAM_SECONDS: &str = "sessiongate_upstream_seconds";
 /// `sessiongate_in_flight_requests` (gauge).
 pub const IN_FLIGHT: &str = "sessiongate_in_flight_requests";
+/// `sessiongate_csrf_refused_total`: requests refused as cross-origin (SPEC §12).
+pub const CSRF_REFUSED: &str = "sessiongate_csrf_refused";
+/// `sessiongate_csrf_reported_total`: requests `csrf.report_only` let through that would
+/// have been refused.
+pub const CSRF_REPORTED: &str = "sessiongate_csrf_reported";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabel {
@@ -103,6 +108,8 @@ pub struct Metrics {
     upstream_errors: Family<KindLabel, Counter>,
     upstream_seconds: Histogram,
     in_flight: Gauge,
+    csrf_refused: Counter,
+    csrf_reported: Counter,
 }
 
 impl Default for Metrics {
@@ -153,6 +160,18 @@ impl Metrics {
             upstream_seconds.clone(),
         );
         registry.register(IN_FLIGHT, "Requests being served", in_flight.clone());
+        let csrf_refused = Counter::default();
+        let csrf_reported = Counter::default();
+        registry.register(
+            CSRF_REFUSED,
+            "Requests refused as cross-origin",
+            csrf_refused.clone(),
+        );
+        registry.register(
+            CSRF_REPORTED,
+            "Cross-origin requests forwarded because csrf.report_only is set",
+            csrf_reported.clone(),
+        );
         // Every label value exists from the start, so dashboards and rate() see zeros
         // rather than absent series.
         let lookup_counters =
@@ -175,6 +194,8 @@ impl Metrics {
             upstream_errors,
             upstream_seconds,
             in_flight,
+            csrf_refused,
+            csrf_reported,
         }
     }
 
@@ -196,7 +217,12 @@ impl Metrics {
             Outcome::Destroyed => {
                 self.destroyed.inc();
             }
-            Outcome::None | Outcome::Hit | Outcome::Miss | Outcome::Invalid | Outcome::Error => {}
+            Outcome::None
+            | Outcome::Hit
+            | Outcome::Miss
+            | Outcome::Invalid
+            | Outcome::Error
+            | Outcome::Csrf => {}
         }
     }
 
@@ -225,6 +251,16 @@ impl Metrics {
     /// The upstream answered with headers after `elapsed`.
     pub fn upstream(&self, elapsed: Duration) {
         self.upstream_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// A request was refused as cross-origin (`reported`: forwarded under
+    /// `csrf.report_only` instead).
+    pub fn csrf(&self, reported: bool) {
+        if reported {
+            self.csrf_reported.inc();
+        } else {
+            self.csrf_refused.inc();
+        }
     }
 
     /// The in-flight gauge; increment on entry and decrement on exit.
@@ -313,6 +349,8 @@ mod tests {
             "sessiongate_store_seconds_count{op=\"load\"} 1",
             "sessiongate_upstream_errors_total{kind=\"timeout\"} 1",
             "sessiongate_in_flight_requests 0",
+            "sessiongate_csrf_refused_total 0",
+            "sessiongate_csrf_reported_total 0",
             "# TYPE sessiongate_upstream_seconds histogram",
         ] {
             assert!(text.contains(needle), "{needle} missing from\n{text}");

@@ -45,6 +45,8 @@ pub enum Outcome {
     Created,
     /// The response destroyed the session.
     Destroyed,
+    /// Refused as cross-origin (SPEC §12) before any session lookup.
+    Csrf,
 }
 
 impl Outcome {
@@ -58,6 +60,7 @@ impl Outcome {
             Outcome::Error => "error",
             Outcome::Created => "created",
             Outcome::Destroyed => "destroyed",
+            Outcome::Csrf => "csrf",
         }
     }
 }

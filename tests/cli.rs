@@ -54,6 +54,10 @@ fn check_accepts_the_shipped_config_and_hides_secrets() {
     assert!(text.contains(&format!("SESSION_SECRET = set ({} bytes)", SECRET.len())));
     assert!(text.contains("warning: SESSION_UPSTREAM_SECRET is not set"));
     assert!(!text.contains(SECRET), "secret printed");
+    assert!(
+        text.contains("[csrf]\nenabled = true\ntrusted_origins = []\nreport_only = false\n"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 
+pub use self::raw::RawCsrf;
 pub use self::raw::{
     LogFormat, OnError, RawConfig, RawCookie, RawForward, RawLog, RawServer, RawSession, RawStore,
     RawTls, SameSite, StoreKind,
@@ -78,6 +79,8 @@ pub struct Config {
     pub forward: ForwardSettings,
     /// `[log]`
     pub log: LogFormat,
+    /// `[csrf]`
+    pub csrf: CsrfSettings,
 }
 
 /// Validated `[server]`.
@@ -180,6 +183,17 @@ pub struct ForwardSettings {
     pub token_ttl_sec: u64,
     /// Plain headers: (header, top-level field).
     pub headers: Vec<(HeaderName, String)>,
+}
+
+/// Validated `[csrf]` (SPEC §12).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CsrfSettings {
+    /// Refuse cross-origin unsafe requests.
+    pub enabled: bool,
+    /// Trusted origins, normalized as a browser sends them (lowercase scheme and host).
+    pub trusted_origins: Vec<String>,
+    /// Forward what would be refused; log and count it.
+    pub report_only: bool,
 }
 
 // ---------------------------------------------------------------------------------------

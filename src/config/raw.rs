@@ -20,6 +20,8 @@ pub struct RawConfig {
     pub forward: RawForward,
     /// `[log]`
     pub log: RawLog,
+    /// `[csrf]`
+    pub csrf: RawCsrf,
 }
 
 /// `[server]`
@@ -247,6 +249,28 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// `[csrf]` (SPEC §12)
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCsrf {
+    /// Refuse cross-origin unsafe requests.
+    pub enabled: bool,
+    /// Origins that may send unsafe requests, exact `scheme://host[:port]`.
+    pub trusted_origins: Vec<String>,
+    /// Forward what would be refused; log and count it.
+    pub report_only: bool,
+}
+
+impl Default for RawCsrf {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            trusted_origins: Vec::new(),
+            report_only: false,
+        }
+    }
 }
 
 #[cfg(test)]

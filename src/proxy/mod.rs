@@ -1,8 +1,9 @@
 //! The request path (SPEC §5–§7): [`Gate::handle`] runs four phases around a per-request
 //! context, one file each:
 //!
-//! 1. `proxy/request.rs`: strip hop-by-hop, reserved and underscore headers, take our cookie out
-//!    of `Cookie`, verify it, and load the session (only for a verified cookie);
+//! 1. `proxy/request.rs`: strip hop-by-hop, reserved and underscore headers, refuse a
+//!    cross-origin unsafe request ([`csrf`], SPEC §12), take our cookie out of `Cookie`, verify
+//!    it, and load the session (only for a verified cookie);
 //! 2. `proxy/request.rs`: add `Host`, `X-Forwarded-*`, the signed token and `[forward.headers]`;
 //!    the upstream exchange itself is [`crate::upstream`];
 //! 3. `proxy/response.rs`: validate the directives, apply Destroy → Set → Update to the store,
@@ -12,6 +13,7 @@
 //!
 //! Bodies are streamed both ways; upgrades are bridged once the upstream answers 101.
 
+pub mod csrf;
 mod request;
 mod response;
 
@@ -133,6 +135,10 @@ pub struct Gate {
     store: Store,
     metrics: Arc<Metrics>,
     draining: AtomicBool,
+    /// `[csrf]`: the policy when enabled.
+    csrf: Option<csrf::CsrfPolicy>,
+    /// `csrf.report_only`: forward what the policy refuses, logged and counted.
+    csrf_report_only: bool,
 }
 
 impl std::fmt::Debug for Gate {
@@ -202,6 +208,10 @@ impl Gate {
             store,
             metrics,
             draining: AtomicBool::new(false),
+            csrf: config.csrf.enabled.then(|| csrf::CsrfPolicy {
+                trusted_origins: config.csrf.trusted_origins.clone(),
+            }),
+            csrf_report_only: config.csrf.report_only,
         })
     }
 
@@ -295,6 +305,13 @@ impl Gate {
         let client_upgrade =
             protocol::wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
+        self.sanitize(&mut parts.headers);
+        // SPEC §12: checked when `[csrf]` is enabled and the request's route wants it (every
+        // request, until routes exist), before any session is read.
+        let route_csrf = true;
+        if route_csrf && let Some(refused) = self.cross_origin(ctx, &parts) {
+            return Ok(refused);
+        }
         self.on_request(ctx, &mut parts.headers).await?;
         let upstream_req = self.to_upstream(ctx, parts, body, peer);
 

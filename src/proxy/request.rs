@@ -1,19 +1,21 @@
 //! Phases 1 and 2 of the request path: what the client sent becomes what the upstream
 //! receives (SPEC §5).
 //!
-//! 1. [`Gate::on_request`]: hop-by-hop, reserved and underscore headers removed before
-//!    anything is read; our cookie taken out of `Cookie` and verified; the session loaded
-//!    (only for a verified cookie: a bad cookie never costs a store access).
+//! 1. [`Gate::sanitize`]: hop-by-hop, reserved and underscore headers removed before
+//!    anything is read; [`Gate::cross_origin`]: the CSRF check (SPEC §12), before any
+//!    session is read; [`Gate::on_request`]: our cookie taken out of `Cookie` and verified;
+//!    the session loaded (only for a verified cookie: a bad cookie never costs a store access).
 //! 2. [`Gate::to_upstream`]: `Host`, `X-Forwarded-*`, the signed token and
 //!    `[forward.headers]`, and an origin-form target.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Uri, Version};
+use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use serde_json::Value;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use super::{Ctx, Gate, Lookup, Peer};
+use super::csrf::{self, Verdict};
+use super::{Body, Ctx, Gate, Lookup, Peer, plain};
 use crate::config::OnError;
 use crate::cookie::{self, Verified};
 use crate::error::GateError;
@@ -26,14 +28,12 @@ use crate::token;
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// How much of `Origin` and `Sec-Fetch-Site` a CSRF log line shows.
+const LOGGED_HEADER_BYTES: usize = 128;
 
 impl Gate {
-    /// Phase 1: sanitize the client's headers and look the session up.
-    pub(super) async fn on_request(
-        &self,
-        ctx: &mut Ctx,
-        headers: &mut HeaderMap,
-    ) -> Result<(), GateError> {
+    /// Phase 1, first: sanitize the client's headers.
+    pub(super) fn sanitize(&self, headers: &mut HeaderMap) {
         // SPEC §5: hop-by-hop first (so a client's `Connection` cannot remove what we add),
         // then the reserved namespace and underscore names, before anything else is read.
         let upgrade = protocol::strip_hop_by_hop(headers);
@@ -47,7 +47,60 @@ impl Gate {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, proto);
         }
+    }
 
+    /// Phase 1, then (SPEC §12): the `403` to answer when `[csrf]` refuses the request as
+    /// cross-origin, `None` to go on. Under `report_only` the request goes on, logged and
+    /// counted. The log line names the method, path, reason and the two headers judged
+    /// (clipped), never a cookie.
+    pub(super) fn cross_origin(
+        &self,
+        ctx: &mut Ctx,
+        parts: &http::request::Parts,
+    ) -> Option<Response<Body>> {
+        let policy = self.csrf.as_ref()?;
+        let host = csrf::request_host(&parts.uri, &parts.headers);
+        let Verdict::Refuse(why) = csrf::check(&parts.method, &parts.headers, host, policy) else {
+            return None;
+        };
+        let shown = |name: &str| {
+            parts.headers.get(name).map(|v| {
+                let v = v.as_bytes();
+                String::from_utf8_lossy(&v[..v.len().min(LOGGED_HEADER_BYTES)]).into_owned()
+            })
+        };
+        let (origin, sec_fetch_site) = (shown("origin"), shown("sec-fetch-site"));
+        if self.csrf_report_only {
+            self.metrics.csrf(true);
+            warn!(
+                method = %parts.method,
+                path = parts.uri.path(),
+                reason = why.as_str(),
+                origin,
+                sec_fetch_site,
+                "cross-origin request forwarded (csrf.report_only); it would be refused"
+            );
+            return None;
+        }
+        self.metrics.csrf(false);
+        info!(
+            method = %parts.method,
+            path = parts.uri.path(),
+            reason = why.as_str(),
+            origin,
+            sec_fetch_site,
+            "cross-origin request refused"
+        );
+        ctx.outcome = Outcome::Csrf;
+        Some(plain(StatusCode::FORBIDDEN, "cross-origin request refused"))
+    }
+
+    /// Phase 1, last: take our cookie out of `Cookie`, verify it and look the session up.
+    pub(super) async fn on_request(
+        &self,
+        ctx: &mut Ctx,
+        headers: &mut HeaderMap,
+    ) -> Result<(), GateError> {
         let verified = match cookie::split_ours(headers, &self.cookie_name) {
             None => return Ok(()),
             Some(found) => {

@@ -188,6 +188,16 @@ impl Gate {
             .sum()
     }
 
+    /// The value of the unlabelled metric `name` (e.g. `sessiongate_csrf_refused_total`).
+    pub async fn counter(&self, name: &str) -> u64 {
+        let (_, text) = self.admin_get("/metrics").await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
+            .parse()
+            .unwrap()
+    }
+
     /// Stops the gate and re-raises any panic from its task.
     pub async fn join(self) {
         self.running.shutdown().await;

@@ -4,10 +4,12 @@
 //! One module per concern, all re-exported here, so a test needs only `use support::*;`:
 //! [`upstream`] (the scripted application), [`gate`] (the proxy in-process), [`wire`]
 //! (client, responses, raw bytes), [`process`] (the built binary), [`jwt`] (the upstream
-//! token) and [`redis_server`] (real `redis-server` processes, used by path).
+//! token), [`redis_server`] (real `redis-server` processes, used by path) and [`chromium`]
+//! (a headless browser, used by path).
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod chromium;
 pub mod gate;
 pub mod jwt;
 pub mod process;

@@ -1,6 +1,7 @@
 //! Validation of the raw tables into [`Config`], one file per table. Every error names
 //! the dotted key and points at its value in the file when the value is there.
 
+mod csrf;
 mod forward;
 mod server;
 mod session;
@@ -102,12 +103,14 @@ impl Validator<'_> {
             store,
             forward,
             log,
+            csrf,
         } = raw;
         let server = self.server(server)?;
         let session = self.session(session)?;
         let cookie = self.cookie(cookie, &session.cookie_name)?;
         let store = self.store(store)?;
         let forward = self.forward(forward)?;
+        let csrf = self.csrf(csrf)?;
         Ok(Config {
             path: self.path.to_owned(),
             server,
@@ -116,6 +119,7 @@ impl Validator<'_> {
             store,
             forward,
             log: log.format,
+            csrf,
         })
     }
 }
