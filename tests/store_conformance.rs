@@ -49,6 +49,8 @@ fn settings(url: String, cluster: Vec<String>) -> StoreSettings {
         timeout: Duration::from_secs(2),
         on_error: OnError::Fail,
         require_on_start: false,
+        sentinel: Vec::new(),
+        sentinel_master: "mymaster".into(),
     }
 }
 

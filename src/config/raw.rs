@@ -172,6 +172,11 @@ pub struct RawStore {
     pub on_error: OnError,
     /// Refuse to start while the store is unreachable.
     pub require_on_start: bool,
+    // Redis Sentinel (SPEC §15).
+    /// Redis Sentinel URLs (instead of url / cluster).
+    pub sentinel: Vec<String>,
+    /// The master name the Sentinels monitor.
+    pub sentinel_master: String,
 }
 
 impl Default for RawStore {
@@ -184,6 +189,8 @@ impl Default for RawStore {
             timeout_ms: 1000,
             on_error: OnError::Fail,
             require_on_start: false,
+            sentinel: Vec::new(),
+            sentinel_master: "mymaster".into(),
         }
     }
 }
