@@ -159,6 +159,7 @@ async fn failover_is_followed_without_restart_and_loses_no_acknowledged_write() 
         .unwrap();
     assert_ne!(new, old);
     until_ready_on(&gate, new).await;
+    let switched = tokio::time::Instant::now();
 
     // Writes work again on the new master (once it has a replica to confirm them: the
     // old master, which Sentinel turns into one).
@@ -175,6 +176,10 @@ async fn failover_is_followed_without_restart_and_loses_no_acknowledged_write() 
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    println!(
+        "writes answered 503 for {:?} after /readyz named the new master",
+        switched.elapsed()
+    );
     stop.store(true, Ordering::Relaxed);
     let attempts = writer.await.unwrap();
     let gate = Arc::into_inner(gate).expect("the writer has finished");
