@@ -1,5 +1,5 @@
-//! A Redis master, one replica and three `redis-sentinel` processes watching them (quorum
-//! 2), all on free loopback ports in temporary directories and killed on drop. Readiness
+//! A Redis master, one replica and `redis-sentinel` processes watching them (three with
+//! quorum 2 unless asked otherwise), all on free loopback ports in temporary directories and killed on drop. Readiness
 //! is awaited by polling with a deadline, never by sleeping.
 //!
 //! Without `redis-server`, `redis-sentinel` or `redis-cli` on `PATH` the constructor prints
@@ -133,7 +133,7 @@ impl Drop for SentinelProcess {
     }
 }
 
-/// A master, its replica, and three Sentinels (quorum 2) watching them.
+/// A master, its replica, and Sentinels watching them.
 pub struct SentinelGroup {
     /// Index 0 starts as the master, index 1 as its replica.
     pub nodes: Vec<RedisServer>,
@@ -141,16 +141,28 @@ pub struct SentinelGroup {
 }
 
 impl SentinelGroup {
-    /// Starts the servers and the Sentinels and waits until every Sentinel names the
-    /// master; `None` (test skipped) without the programs.
+    /// Starts the servers and three Sentinels (quorum 2) and waits until every Sentinel
+    /// names the master; `None` (test skipped) without the programs.
     pub fn start() -> Option<Self> {
+        Self::start_with(3)
+    }
+
+    /// As [`start`](Self::start) with `count` Sentinels, the quorum a majority of them.
+    pub fn start_with(count: u32) -> Option<Self> {
         require("redis-server")?;
         require("redis-sentinel")?;
         require("redis-cli")?;
         let master = RedisServer::start()?;
+        // The replica's first sync starts at once rather than after the default 5 s.
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("repl-diskless-sync-delay")
+            .arg(0)
+            .query(&mut master.connection())
+            .expect("the master takes CONFIG SET");
         let replica = RedisServer::start_replica_of(master.port)?;
-        let sentinels = (0..3)
-            .map(|_| SentinelProcess::start(master.port, 2))
+        let sentinels = (0..count)
+            .map(|_| SentinelProcess::start(master.port, count / 2 + 1))
             .collect();
         let group = Self {
             nodes: vec![master, replica],

@@ -286,39 +286,24 @@ impl Sentinel {
         host: &str,
         port: u16,
     ) -> Result<MultiplexedConnection, RedisError> {
-        let info = &self.nodes[i].info;
-        let addr = match info.addr() {
-            ConnectionAddr::TcpTls {
-                insecure,
-                tls_params,
-                ..
-            } => ConnectionAddr::TcpTls {
-                host: host.to_owned(),
-                port,
-                insecure: *insecure,
-                tls_params: tls_params.clone(),
-            },
-            _ => ConnectionAddr::Tcp(host.to_owned(), port),
-        };
-        let settings = info.redis_settings().clone().set_db(self.db);
-        let mut conn = self
-            .open(info.clone().set_addr(addr).set_redis_settings(settings))
-            .await?;
+        let info = master_info(&self.nodes[i].info, host, port, self.db);
+        let mut conn = self.open(info).await?;
         let role = tokio::time::timeout(self.timeout, redis::cmd("ROLE").query_async(&mut conn))
             .await
             .unwrap_or_else(|_| Err(timed_out()))?;
-        match role {
-            Value::Array(items) if matches!(items.first(), Some(Value::BulkString(r)) if r == b"master") => {
-                Ok(conn)
-            }
-            Value::Array(items) => Err((
+        let role = match &role {
+            Value::Array(items) => role_name(items.first()),
+            _ => return Err((ErrorKind::UnexpectedReturnType, "unexpected reply to ROLE").into()),
+        };
+        if role != "master" {
+            return Err((
                 ErrorKind::Client,
                 "the node the sentinel names is not a master",
-                format!("{host}:{port} has role {}", role_name(items.first())),
+                format!("{host}:{port} has role {role}"),
             )
-                .into()),
-            _ => Err((ErrorKind::UnexpectedReturnType, "unexpected reply to ROLE").into()),
+                .into());
         }
+        Ok(conn)
     }
 
     async fn open(&self, info: ConnectionInfo) -> Result<MultiplexedConnection, RedisError> {
@@ -390,6 +375,26 @@ async fn watch(sentinel: std::sync::Weak<Sentinel>) {
     }
 }
 
+/// How to reach the master at `host:port` named by the Sentinel reached with `sentinel`:
+/// the same TLS, user and password, and database `db`.
+fn master_info(sentinel: &ConnectionInfo, host: &str, port: u16, db: i64) -> ConnectionInfo {
+    let addr = match sentinel.addr() {
+        ConnectionAddr::TcpTls {
+            insecure,
+            tls_params,
+            ..
+        } => ConnectionAddr::TcpTls {
+            host: host.to_owned(),
+            port,
+            insecure: *insecure,
+            tls_params: tls_params.clone(),
+        },
+        _ => ConnectionAddr::Tcp(host.to_owned(), port),
+    };
+    let settings = sentinel.redis_settings().clone().set_db(db);
+    sentinel.clone().set_addr(addr).set_redis_settings(settings)
+}
+
 fn timed_out() -> RedisError {
     std::io::Error::from(std::io::ErrorKind::TimedOut).into()
 }
@@ -427,5 +432,24 @@ mod tests {
         assert_eq!(s.wait_ms, 200);
         assert!(s.in_use().is_none());
         assert!(Sentinel::new(&[], "mymaster", Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn the_master_is_reached_like_the_sentinel_that_named_it() {
+        let tls = "rediss://app:pw@sentinel.internal:26379/#insecure"
+            .into_connection_info()
+            .unwrap();
+        let info = master_info(&tls, "10.0.0.9", 6380, 2);
+        assert!(matches!(
+            info.addr(),
+            ConnectionAddr::TcpTls { host, port: 6380, insecure: true, .. } if host == "10.0.0.9"
+        ));
+        assert_eq!(info.redis_settings().username(), Some("app"));
+        assert_eq!(info.redis_settings().password(), Some("pw"));
+        assert_eq!(info.redis_settings().db(), 2);
+        let plain = "redis://127.0.0.1:26379".into_connection_info().unwrap();
+        let info = master_info(&plain, "127.0.0.1", 6379, 0);
+        assert!(matches!(info.addr(), ConnectionAddr::Tcp(h, 6379) if h == "127.0.0.1"));
+        assert_eq!(info.redis_settings().password(), None);
     }
 }
