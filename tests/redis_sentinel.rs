@@ -17,8 +17,9 @@ use sessiongate::server::{self, StartError};
 use support::redis_sentinel::SentinelGroup;
 use support::*;
 
-/// A short store timeout, so a write no replica confirms is answered quickly.
-const TIMEOUT_MS: u64 = 500;
+/// The store timeout: a write waits up to half of it for a replica, long enough for a
+/// loaded test machine, short enough for a write no replica confirms to answer soon.
+const TIMEOUT_MS: u64 = 2000;
 
 /// `[store]` for Sentinels at `urls`, after a Sentinel that is down (asked first, skipped).
 fn store_toml(urls: &[String], master: &str) -> String {
@@ -280,4 +281,69 @@ async fn an_unknown_master_name_is_unready_and_fails_start_when_required() {
         "{text}"
     );
     assert!(text.contains("nosuchmaster"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_is_replaced_and_writes_resume_once_a_replica_confirms_them() {
+    trace_init();
+    let Some(mut group) = SentinelGroup::start() else {
+        return;
+    };
+    let old = group.master_port();
+    let app = app().await;
+    let gate = gate(app.addr)
+        .server("admin_listen = \"127.0.0.1:0\"")
+        .toml(&store_toml(&group.urls(), "mymaster"))
+        .run()
+        .await;
+    until_ready_on(&gate, old).await;
+    let mut before = Vec::new();
+    for _ in 0..5 {
+        let login = gate.get("/login").await;
+        assert_eq!(login.status, 200);
+        before.push(login.session_cookie());
+    }
+    group.wait_replicated();
+
+    // The master dies; the Sentinels promote the replica, and the proxy follows.
+    group.nodes[0].kill();
+    let new = group.wait_master_other_than(old);
+    until_ready_on(&gate, new).await;
+    for cookie in &before {
+        assert_eq!(
+            read(&gate, &app, cookie).await,
+            Some(serde_json::json!({"userId":1,"name":"alice"}))
+        );
+    }
+    // The new master has no replica: no write can be confirmed, none is acknowledged.
+    assert_eq!(gate.get("/login").await.status, 503);
+
+    // The old master comes back (empty); the Sentinels make it the new master's replica,
+    // and writes are confirmed again.
+    group.nodes[0].restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let cookie = loop {
+        let login = gate.get("/login").await;
+        if login.status == 200 {
+            break login.session_cookie();
+        }
+        assert_eq!(login.status, 503);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "writes never resumed once the old master was back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        group.master_port(),
+        new,
+        "the master stays the promoted one"
+    );
+    for cookie in before.iter().chain([&cookie]) {
+        assert_eq!(
+            read(&gate, &app, cookie).await,
+            Some(serde_json::json!({"userId":1,"name":"alice"}))
+        );
+    }
+    gate.join().await;
 }

@@ -242,6 +242,13 @@ impl SentinelGroup {
             );
             std::thread::sleep(POLL);
         }
+        self.wait_master_other_than(old)
+    }
+
+    /// Polls until every Sentinel names the same master, other than the one on port
+    /// `old`; returns its port.
+    pub fn wait_master_other_than(&self, old: u16) -> u16 {
+        let deadline = Instant::now() + FAILOVER_DEADLINE;
         loop {
             let ports: Vec<Result<u16, String>> = self
                 .sentinels
