@@ -280,7 +280,17 @@ async fn an_unknown_master_name_is_unready_and_fails_start_when_required() {
         text.contains("master nosuchmaster is unreachable"),
         "{text}"
     );
-    assert!(text.contains("nosuchmaster"), "{text}");
+    // What each Sentinel answered: the one that is down, and those that know no such
+    // master.
+    assert!(text.contains("no sentinel led to a master"), "{text}");
+    assert!(text.contains("Connection refused"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{url}: monitors no master of that name - MasterNameNotFoundBySentinel: \"nosuchmaster\"",
+            url = group.urls()[0]
+        )),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

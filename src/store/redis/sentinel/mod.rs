@@ -24,10 +24,13 @@
 //! Sentinel promotes a replica and only later demotes the old master; in between the old
 //! master still takes writes that the new one never sees. So a write is acknowledged only
 //! once a replica holds it too: every write is sent together with `WAIT 1 <ms>`, and a
-//! write no replica confirmed in time is an error (503), never an acknowledgement. A
-//! promoted replica therefore holds every acknowledged write (with one replica: it is that
-//! replica; Sentinel promotes the replica with the most data). Reads (`GET`, `GETEX`,
-//! the `EXPIRE` of a touch) are not waited for: losing a touch only shortens an expiry.
+//! write no replica confirmed in time is an error (503), never an acknowledgement. With
+//! one replica, the replica promoted holds every acknowledged write. With more, Sentinel
+//! promotes the one with the most data, but a write confirmed by another one in the moment
+//! before Sentinel re-points it can still be lost: `WAIT` narrows asynchronous
+//! replication's window without closing it. Reads (`GET`, `GETEX`, the `EXPIRE` of a
+//! touch) are not waited for: losing a touch only shortens an expiry. Writes therefore
+//! need a replica: while the master has none, they answer 503.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -46,7 +49,7 @@ mod conn;
 pub(super) use self::conn::SentinelConn;
 
 /// How often the Sentinels are asked whether the master moved.
-pub(super) const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The Sentinels, the master they name, and the connection to it. Shared by every clone
 /// of the store (behind an `Arc`).
@@ -58,6 +61,7 @@ pub(super) struct Sentinel {
     /// How long a write waits for a replica: half the operation timeout, so that a
     /// missing replica is reported as such before the operation times out.
     wait_ms: u64,
+    /// The database of the first URL, which the connection reports.
     db: i64,
     state: Mutex<State>,
     /// Held while finding the master, so that one search runs at a time.
@@ -68,6 +72,8 @@ pub(super) struct Sentinel {
 struct Node {
     /// How to reach it (database 0: Sentinels have no databases).
     info: ConnectionInfo,
+    /// The database its URL names, for the master.
+    db: i64,
     /// Its URL, password masked.
     shown: String,
 }
@@ -104,21 +110,19 @@ impl Sentinel {
     /// The Sentinels at `urls` monitoring `name`; contacts nobody yet.
     pub(super) fn new(urls: &[String], name: &str, timeout: Duration) -> Result<Self, RedisError> {
         let mut nodes = Vec::with_capacity(urls.len());
-        let mut db = 0;
         for url in urls {
             let info = url.as_str().into_connection_info()?;
-            if nodes.is_empty() {
-                db = info.redis_settings().db();
-            }
+            let db = info.redis_settings().db();
             let settings = info.redis_settings().clone().set_db(0);
             nodes.push(Node {
                 info: info.set_redis_settings(settings),
+                db,
                 shown: mask_password(url),
             });
         }
-        if nodes.is_empty() {
+        let Some(db) = nodes.first().map(|n| n.db) else {
             return Err((ErrorKind::EmptySentinelList, "no Sentinel URL").into());
-        }
+        };
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
         Ok(Self {
             nodes,
@@ -211,11 +215,11 @@ impl Sentinel {
         }
     }
 
-    /// Asks the Sentinels in turn for the master and connects to it; the error of the
-    /// last one asked when none leads to a master.
+    /// Asks the Sentinels in turn for the master and connects to it; when none leads to a
+    /// master, an error naming what each one answered.
     async fn find(&self) -> Result<(String, MultiplexedConnection), RedisError> {
         let first = self.lock().preferred;
-        let mut last = None;
+        let mut failures = Vec::with_capacity(self.nodes.len());
         for k in 0..self.nodes.len() {
             let i = (first + k) % self.nodes.len();
             let found = match self.ask(i).await {
@@ -230,13 +234,15 @@ impl Sentinel {
                     self.lock().preferred = i;
                     return Ok(found);
                 }
-                Err(e) => {
-                    debug!(sentinel = %self.nodes[i].shown, error = %e, "redis sentinel: no master from this sentinel");
-                    last = Some(e);
-                }
+                Err(e) => failures.push(format!("{}: {e}", self.nodes[i].shown)),
             }
         }
-        Err(last.unwrap_or_else(|| (ErrorKind::EmptySentinelList, "no Sentinel URL").into()))
+        Err((
+            ErrorKind::Client,
+            "no sentinel led to a master",
+            failures.join("; "),
+        )
+            .into())
     }
 
     /// The master address Sentinel `i` gives, over a connection kept for the next
@@ -266,8 +272,8 @@ impl Sentinel {
                 state.asked = Some((i, conn));
                 Err((
                     ErrorKind::MasterNameNotFoundBySentinel,
-                    "the sentinel does not monitor the master",
-                    format!("{} has no master named {:?}", node.shown, self.name),
+                    "monitors no master of that name",
+                    format!("{:?}", self.name),
                 )
                     .into())
             }
@@ -278,15 +284,16 @@ impl Sentinel {
         }
     }
 
-    /// A connection to `host:port` named by Sentinel `i`, with that Sentinel's user,
-    /// password and TLS and the configured database, once `ROLE` says it is a master.
+    /// A connection to `host:port` named by Sentinel `i`, with the user, password, TLS
+    /// and database of that Sentinel's URL, once `ROLE` says it is a master.
     async fn open_master(
         &self,
         i: usize,
         host: &str,
         port: u16,
     ) -> Result<MultiplexedConnection, RedisError> {
-        let info = master_info(&self.nodes[i].info, host, port, self.db);
+        let node = &self.nodes[i];
+        let info = master_info(&node.info, host, port, node.db);
         let mut conn = self.open(info).await?;
         let role = tokio::time::timeout(self.timeout, redis::cmd("ROLE").query_async(&mut conn))
             .await
