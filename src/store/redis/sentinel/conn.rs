@@ -25,7 +25,7 @@ const NOT_WAITED: &[&[u8]] = &[
 pub(in crate::store::redis) struct SentinelConn(pub(super) Arc<Sentinel>);
 
 /// True when `cmd` is a write that must reach a replica before it is acknowledged.
-fn waited(cmd: &Cmd) -> bool {
+pub(super) fn waited(cmd: &Cmd) -> bool {
     match cmd.args_iter().next() {
         Some(redis::Arg::Simple(name)) => !NOT_WAITED.iter().any(|r| r.eq_ignore_ascii_case(name)),
         _ => true,
@@ -33,7 +33,7 @@ fn waited(cmd: &Cmd) -> bool {
 }
 
 /// True when `e` means the node may no longer be the master (or is gone).
-fn moved(e: &RedisError) -> bool {
+pub(super) fn moved(e: &RedisError) -> bool {
     e.is_io_error()
         || e.is_connection_dropped()
         || e.is_unrecoverable_error()
@@ -59,7 +59,7 @@ fn demoted_reply(v: &Value) -> bool {
 }
 
 /// `Ok` when the reply to `WAIT` counts [`ACK_REPLICAS`] replicas.
-fn confirmed(ack: Value, wait_ms: u64) -> Result<(), RedisError> {
+pub(super) fn confirmed(ack: Value, wait_ms: u64) -> Result<(), RedisError> {
     if let Some(e) = server_error(&ack) {
         return Err(e);
     }
@@ -174,46 +174,5 @@ impl ConnectionLike for SentinelConn {
 
     fn get_db(&self) -> i64 {
         self.0.db
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn writes_wait_for_a_replica_and_reads_do_not() {
-        for write in ["SET", "DEL", "EVALSHA", "eval", "UNLINK", "HSET"] {
-            assert!(waited(&redis::cmd(write)), "{write}");
-        }
-        for read in ["GET", "getex", "EXPIRE", "PING", "ROLE", "WAIT"] {
-            assert!(!waited(&redis::cmd(read)), "{read}");
-        }
-    }
-
-    #[test]
-    fn a_write_is_confirmed_only_by_enough_replicas() {
-        assert!(confirmed(Value::Int(1), 250).is_ok());
-        assert!(confirmed(Value::Int(2), 250).is_ok());
-        let err = confirmed(Value::Int(0), 250).unwrap_err();
-        assert!(
-            moved(&err),
-            "a missing replica makes the master be asked again"
-        );
-        assert!(err.to_string().contains("WAIT 1 250 answered 0"), "{err}");
-        assert!(confirmed(Value::Nil, 250).is_err());
-    }
-
-    #[test]
-    fn readonly_and_masterdown_mean_the_master_moved() {
-        let readonly: RedisError =
-            (ErrorKind::Server(ServerErrorKind::ReadOnly), "READONLY").into();
-        assert!(moved(&readonly));
-        let masterdown: RedisError =
-            (ErrorKind::Server(ServerErrorKind::MasterDown), "MASTERDOWN").into();
-        assert!(moved(&masterdown));
-        let wrongtype: RedisError =
-            (ErrorKind::Server(ServerErrorKind::ResponseError), "ERR").into();
-        assert!(!moved(&wrongtype));
     }
 }

@@ -45,6 +45,8 @@ use tracing::{debug, info, warn};
 use super::conn::mask_password;
 
 mod conn;
+#[cfg(test)]
+mod tests;
 
 pub(super) use self::conn::SentinelConn;
 
@@ -410,53 +412,5 @@ fn role_name(v: Option<&Value>) -> String {
     match v {
         Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
         _ => "(none)".to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn described_with_passwords_masked_and_the_master_name() {
-        let urls = [
-            "redis://app:secret@10.0.0.1:26379".to_owned(),
-            "rediss://10.0.0.2:26379".to_owned(),
-        ];
-        assert_eq!(
-            describe(&urls, "sessions"),
-            "[redis://app:***@10.0.0.1:26379, rediss://10.0.0.2:26379] master sessions"
-        );
-    }
-
-    #[test]
-    fn the_master_gets_the_database_and_sentinels_get_none() {
-        let urls = ["redis://:pw@127.0.0.1:26379/3".to_owned()];
-        let s = Sentinel::new(&urls, "mymaster", Duration::from_millis(400)).unwrap();
-        assert_eq!(s.db, 3);
-        assert_eq!(s.nodes[0].info.redis_settings().db(), 0);
-        assert_eq!(s.nodes[0].info.redis_settings().password(), Some("pw"));
-        assert_eq!(s.wait_ms, 200);
-        assert!(s.in_use().is_none());
-        assert!(Sentinel::new(&[], "mymaster", Duration::from_secs(1)).is_err());
-    }
-
-    #[test]
-    fn the_master_is_reached_like_the_sentinel_that_named_it() {
-        let tls = "rediss://app:pw@sentinel.internal:26379/#insecure"
-            .into_connection_info()
-            .unwrap();
-        let info = master_info(&tls, "10.0.0.9", 6380, 2);
-        assert!(matches!(
-            info.addr(),
-            ConnectionAddr::TcpTls { host, port: 6380, insecure: true, .. } if host == "10.0.0.9"
-        ));
-        assert_eq!(info.redis_settings().username(), Some("app"));
-        assert_eq!(info.redis_settings().password(), Some("pw"));
-        assert_eq!(info.redis_settings().db(), 2);
-        let plain = "redis://127.0.0.1:26379".into_connection_info().unwrap();
-        let info = master_info(&plain, "127.0.0.1", 6379, 0);
-        assert!(matches!(info.addr(), ConnectionAddr::Tcp(h, 6379) if h == "127.0.0.1"));
-        assert_eq!(info.redis_settings().password(), None);
     }
 }
