@@ -3,7 +3,7 @@
 //! | path | answer |
 //! |---|---|
 //! | `GET /healthz` | `200 ok` while the process serves |
-//! | `GET /readyz` | `200 ready` when the store answers a ping within `store.timeout_ms`, else `503` |
+//! | `GET /readyz` | `200 ready` when the store answers a ping within `store.timeout_ms`, else `503`; with `store.sentinel`, a second line names the master in use |
 //! | `GET /metrics` | Prometheus text format ([`crate::metrics`]) |
 //!
 //! It is a separate listener: the proxy port forwards every path to the upstream and
@@ -82,7 +82,10 @@ impl Admin {
         match req.uri().path() {
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" => match tokio::time::timeout(self.store_timeout, self.store.ping()).await {
-                Ok(Ok(())) => text(StatusCode::OK, "ready\n"),
+                Ok(Ok(())) => match self.sentinel_master() {
+                    Some(line) => owned_text(StatusCode::OK, format!("ready\n{line}\n")),
+                    None => text(StatusCode::OK, "ready\n"),
+                },
                 Ok(Err(e)) => {
                     warn!(error = %e, "readiness check: store unavailable");
                     text(StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")
@@ -105,8 +108,26 @@ impl Admin {
     }
 }
 
+impl Admin {
+    /// With `store.sentinel`: `master NAME at HOST:PORT`, the master in use.
+    fn sentinel_master(&self) -> Option<String> {
+        let Store::Redis(redis) = &self.store else {
+            return None;
+        };
+        let (name, in_use) = redis.sentinel_master()?;
+        Some(match in_use {
+            Some(addr) => format!("master {name} at {addr}"),
+            None => format!("master {name} not found yet"),
+        })
+    }
+}
+
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut res = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    owned_text(status, Bytes::from_static(body.as_bytes()))
+}
+
+fn owned_text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(body.into()));
     *res.status_mut() = status;
     res.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -185,12 +185,19 @@ pub fn describe(config: &Config, secrets: &Secrets) -> String {
         }
         StoreKind::Redis => {
             let _ = writeln!(out, "kind = redis");
-            let key = if st.cluster.is_empty() {
-                "url"
+            if st.sentinel.is_empty() {
+                let key = if st.cluster.is_empty() {
+                    "url"
+                } else {
+                    "cluster"
+                };
+                let _ = writeln!(out, "{key} = {}", RedisStore::describe(st));
             } else {
-                "cluster"
-            };
-            let _ = writeln!(out, "{key} = {}", RedisStore::describe(st));
+                let nodes: Vec<String> =
+                    st.sentinel.iter().map(|u| RedisStore::masked(u)).collect();
+                let _ = writeln!(out, "sentinel = [{}]", nodes.join(", "));
+                let _ = writeln!(out, "sentinel_master = {}", st.sentinel_master);
+            }
         }
     }
     let _ = writeln!(out, "timeout_ms = {}", st.timeout.as_millis());

@@ -70,7 +70,7 @@ pub enum StartError {
     /// A Redis URL in the config cannot be used.
     #[error("{key} = {target}: {cause}; fix {key} (redis://[user:password@]host[:port][/db])")]
     StoreInvalid {
-        /// The setting: `store.url` or `store.cluster`.
+        /// The setting: `store.url`, `store.cluster` or `store.sentinel`.
         key: &'static str,
         /// Its value, passwords masked.
         target: String,
@@ -85,7 +85,7 @@ pub enum StartError {
         "{key} = {target} is unreachable: {cause}; start Redis or fix {key}, or set store.require_on_start = false to start without it"
     )]
     StoreUnreachable {
-        /// The setting: `store.url` or `store.cluster`.
+        /// The setting: `store.url`, `store.cluster` or `store.sentinel`.
         key: &'static str,
         /// Its value, passwords masked.
         target: String,
@@ -162,7 +162,9 @@ pub async fn build_store(config: &Config) -> Result<Store, StartError> {
     match st.kind {
         StoreKind::Memory => Ok(Store::Memory(MemoryStore::new(st.max_sessions))),
         StoreKind::Redis => {
-            let key = if st.cluster.is_empty() {
+            let key = if !st.sentinel.is_empty() {
+                "store.sentinel"
+            } else if st.cluster.is_empty() {
                 "store.url"
             } else {
                 "store.cluster"

@@ -61,6 +61,32 @@ fn check_accepts_the_shipped_config_and_hides_secrets() {
 }
 
 #[test]
+fn check_prints_the_sentinels_masked_and_the_master_name() {
+    let cfg = write(
+        "sentinel.toml",
+        "[server]\nupstream = \"http://127.0.0.1:3000\"\n[store]\nkind = \"redis\"\n\
+         sentinel = [\"redis://app:hunter2secret@10.0.0.1:26379\", \"rediss://10.0.0.2:26380\"]\n\
+         sentinel_master = \"sessions\"\n",
+    );
+    let out = bin()
+        .arg("check")
+        .arg("-c")
+        .arg(&cfg)
+        .env("SESSION_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains(
+            "kind = redis\nsentinel = [redis://app:***@10.0.0.1:26379, rediss://10.0.0.2:26380]\nsentinel_master = sessions\n"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2secret"), "password printed: {text}");
+}
+
+#[test]
 fn check_reports_file_line_column_and_key() {
     let path = write(
         "typo.toml",

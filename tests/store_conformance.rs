@@ -1,6 +1,7 @@
 //! The store contract (`src/store/mod.rs`) as one suite, expanded for every store: memory
-//! always, Redis and Redis Cluster on real `redis-server` processes started per test
-//! (skipped with a message when `redis-server` is not on `PATH`, except in CI).
+//! always, Redis, Redis Cluster and Redis Sentinel on real `redis-server` (and
+//! `redis-sentinel`) processes started per test (skipped with a message when they are not
+//! on `PATH`, except in CI).
 //!
 //! For Redis it also checks what is at rest (SPEC §14): keys that are hashes, values sealed so
 //! that a `SCAN` + `GET` of everything finds no session ID and no data, and a value altered
@@ -22,6 +23,7 @@ use sessiongate::session::{Record, SessionId};
 use sessiongate::store::seal::{CorruptRecord, SessionKeys};
 use sessiongate::store::{Cas, MemoryStore, RedisStore, SessionStore, Store, StoreError};
 use sha2::Digest as _;
+use support::redis_sentinel::SentinelGroup;
 use support::redis_server::{RedisCluster, RedisServer};
 
 const NAMESPACE: &str = "conformance:";
@@ -38,6 +40,8 @@ enum Redis {
     None,
     Server(RedisServer),
     Cluster(RedisCluster),
+    /// Sentinel: the store writes to `nodes[0]`, the master (no failover here).
+    Sentinel(SentinelGroup),
 }
 
 fn settings(url: String, cluster: Vec<String>) -> StoreSettings {
@@ -49,6 +53,8 @@ fn settings(url: String, cluster: Vec<String>) -> StoreSettings {
         timeout: Duration::from_secs(2),
         on_error: OnError::Fail,
         require_on_start: false,
+        sentinel: Vec::new(),
+        sentinel_master: "mymaster".into(),
     }
 }
 
@@ -81,6 +87,17 @@ fn cluster_store() -> Option<Fixture> {
     })
 }
 
+fn sentinel_store() -> Option<Fixture> {
+    let group = SentinelGroup::start_with(1)?;
+    let mut settings = settings("redis://127.0.0.1:1".into(), Vec::new());
+    settings.sentinel = group.urls();
+    let store = RedisStore::open(&settings, NAMESPACE).unwrap();
+    Some(Fixture {
+        store: Store::Redis(store),
+        redis: Redis::Sentinel(group),
+    })
+}
+
 impl Fixture {
     /// The namespace, then SHA-256 of the ID text as base64url without padding (SPEC §14).
     fn key(id: &SessionId) -> String {
@@ -98,6 +115,7 @@ impl Fixture {
             Redis::None => None,
             Redis::Server(s) => Some(cmd.query(&mut s.connection()).unwrap()),
             Redis::Cluster(c) => Some(cmd.query(&mut c.connection()).unwrap()),
+            Redis::Sentinel(g) => Some(cmd.query(&mut g.nodes[0].connection()).unwrap()),
         }
     }
 
@@ -132,6 +150,7 @@ impl Fixture {
             Redis::None => return None,
             Redis::Server(s) => vec![s],
             Redis::Cluster(c) => c.nodes.iter().collect(),
+            Redis::Sentinel(g) => vec![&g.nodes[0]],
         };
         let all = servers.into_iter().flat_map(RedisServer::dump).collect();
         Some(all)
@@ -548,4 +567,5 @@ store_conformance! {
     memory => super::memory_store;
     redis => super::redis_store, corrupt_stored_value_is_an_error, a_flipped_byte_is_refused, a_value_moved_to_another_key_is_refused, a_dump_holds_no_session_id_and_no_data, replace_compares_records_not_their_sealed_bytes;
     cluster => super::cluster_store, corrupt_stored_value_is_an_error, a_flipped_byte_is_refused, a_value_moved_to_another_key_is_refused, a_dump_holds_no_session_id_and_no_data, replace_compares_records_not_their_sealed_bytes;
+    sentinel => super::sentinel_store, corrupt_stored_value_is_an_error, a_flipped_byte_is_refused, a_value_moved_to_another_key_is_refused, a_dump_holds_no_session_id_and_no_data, replace_compares_records_not_their_sealed_bytes;
 }

@@ -172,6 +172,12 @@ pub struct StoreSettings {
     pub on_error: OnError,
     /// Refuse to start while unreachable.
     pub require_on_start: bool,
+    // Redis Sentinel (SPEC §15).
+    /// Sentinel URLs; when not empty, the master is asked of them (`url` and `cluster`
+    /// are then unused).
+    pub sentinel: Vec<String>,
+    /// The master name the Sentinels monitor.
+    pub sentinel_master: String,
 }
 
 /// Validated `[forward]`.

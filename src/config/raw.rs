@@ -174,6 +174,11 @@ pub struct RawStore {
     pub on_error: OnError,
     /// Refuse to start while the store is unreachable.
     pub require_on_start: bool,
+    // Redis Sentinel (SPEC §15).
+    /// Redis Sentinel URLs (instead of url / cluster).
+    pub sentinel: Vec<String>,
+    /// The master name the Sentinels monitor.
+    pub sentinel_master: String,
 }
 
 impl Default for RawStore {
@@ -186,6 +191,8 @@ impl Default for RawStore {
             timeout_ms: 1000,
             on_error: OnError::Fail,
             require_on_start: false,
+            sentinel: Vec::new(),
+            sentinel_master: "mymaster".into(),
         }
     }
 }

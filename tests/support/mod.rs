@@ -4,8 +4,9 @@
 //! One module per concern, all re-exported here, so a test needs only `use support::*;`:
 //! [`upstream`] (the scripted application), [`gate`] (the proxy in-process), [`wire`]
 //! (client, responses, raw bytes), [`process`] (the built binary), [`jwt`] (the upstream
-//! token), [`redis_server`] (real `redis-server` processes, used by path) and [`chromium`]
-//! (a headless browser, used by path).
+//! token), [`redis_server`] (real `redis-server` processes, used by path),
+//! [`redis_sentinel`] (a master, a replica and Sentinels watching them, used by path) and
+//! [`chromium`] (a headless browser, used by path).
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -13,6 +14,7 @@ pub mod chromium;
 pub mod gate;
 pub mod jwt;
 pub mod process;
+pub mod redis_sentinel;
 pub mod redis_server;
 pub mod upstream;
 pub mod wire;

@@ -13,14 +13,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long a server (or a cluster) may take to answer after it is started.
-const READY_DEADLINE: Duration = Duration::from_secs(20);
+pub(super) const READY_DEADLINE: Duration = Duration::from_secs(20);
 /// Pause between two readiness probes.
-const POLL: Duration = Duration::from_millis(20);
+pub(super) const POLL: Duration = Duration::from_millis(20);
 
 static DIR_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// `Some(())` when `name` is an executable on `PATH`; otherwise skips or, in CI, panics.
-fn require(name: &str) -> Option<()> {
+pub(super) fn require(name: &str) -> Option<()> {
     let found = std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()));
     if found {
@@ -28,7 +28,7 @@ fn require(name: &str) -> Option<()> {
     }
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!(
-            "{name} not found on PATH; CI must install it (apt-get install redis-server redis-tools)"
+            "{name} not found on PATH; CI must install it (apt-get install redis-server redis-tools redis-sentinel)"
         );
     }
     println!("skipping: {name} not found on PATH");
@@ -36,14 +36,14 @@ fn require(name: &str) -> Option<()> {
 }
 
 /// A loopback port nobody listens on right now.
-fn free_port() -> u16 {
+pub(super) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("the OS hands out a free loopback port")
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
+pub(super) fn temp_dir(tag: &str) -> PathBuf {
     let n = DIR_COUNTER.fetch_add(1, Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!(
         "sessiongate-{tag}-{}-{n}-{}",
@@ -98,6 +98,22 @@ impl RedisServer {
             }
         }
         panic!("redis-server did not start: {last}");
+    }
+
+    /// Starts a server replicating the one on `master_port` (loopback); `None` (test
+    /// skipped) without `redis-server`.
+    pub fn start_replica_of(master_port: u16) -> Option<Self> {
+        require("redis-server")?;
+        Some(Self::start_with_args(
+            |_, _| {
+                vec![
+                    "--replicaof".into(),
+                    "127.0.0.1".into(),
+                    master_port.to_string(),
+                ]
+            },
+            "redis-replica",
+        ))
     }
 
     /// Starts a server that also serves TLS, with a fresh self-signed certificate for

@@ -29,11 +29,15 @@ impl Validator<'_> {
                     )
                 })
             };
-            if raw.cluster.is_empty() {
+            self.sentinel(&raw)?;
+            if raw.cluster.is_empty() && raw.sentinel.is_empty() {
                 check("store.url", &raw.url)?;
             }
             for (i, url) in raw.cluster.iter().enumerate() {
                 check(&format!("store.cluster[{i}]"), url)?;
+            }
+            for (i, url) in raw.sentinel.iter().enumerate() {
+                check(&format!("store.sentinel[{i}]"), url)?;
             }
         }
         Ok(StoreSettings {
@@ -44,7 +48,43 @@ impl Validator<'_> {
             timeout: Duration::from_millis(raw.timeout_ms),
             on_error: raw.on_error,
             require_on_start: raw.require_on_start,
+            sentinel: raw.sentinel,
+            sentinel_master: raw.sentinel_master,
         })
+    }
+
+    /// `store.sentinel` replaces `url` and `cluster`, so neither may be written beside it;
+    /// `store.sentinel_master` is a name the Sentinels can be asked about.
+    fn sentinel(&self, raw: &RawStore) -> Result<(), ConfigError> {
+        if raw.sentinel.is_empty() {
+            return Ok(());
+        }
+        if !raw.cluster.is_empty() {
+            return Err(self.err(
+                "store.sentinel",
+                "cannot be combined with store.cluster; use one of url, cluster, sentinel",
+            ));
+        }
+        if self.span_of("store.url").is_some() {
+            return Err(self.err(
+                "store.sentinel",
+                "cannot be combined with store.url (the Sentinels name the master); remove store.url",
+            ));
+        }
+        let name = &raw.sentinel_master;
+        if name.is_empty() {
+            return Err(self.err(
+                "store.sentinel_master",
+                "must name the master the Sentinels monitor, found an empty string",
+            ));
+        }
+        if let Some(c) = name.chars().find(|c| c.is_whitespace() || c.is_control()) {
+            return Err(self.err(
+                "store.sentinel_master",
+                format!("must be a master name without spaces or control characters, found {c:?}"),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -66,5 +106,53 @@ mod tests {
             "{MIN}[store]\nkind = \"redis\"\ncluster = [\"redis://127.0.0.1:7000\"]\n"
         ))
         .unwrap();
+    }
+
+    #[test]
+    fn sentinel_is_read_with_its_master_name() {
+        let c = parse_str(&format!(
+            "{MIN}[store]\nkind = \"redis\"\nsentinel = [\"redis://:pw@10.0.0.1:26379\", \"rediss://10.0.0.2:26379\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(c.store.sentinel.len(), 2);
+        assert_eq!(c.store.sentinel_master, "mymaster");
+        let c = parse_str(&format!(
+            "{MIN}[store]\nkind = \"redis\"\nsentinel = [\"redis://s:26379\"]\nsentinel_master = \"sessions\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.store.sentinel_master, "sessions");
+    }
+
+    #[test]
+    fn sentinel_errors_point_at_the_key() {
+        for (store, want) in [
+            (
+                "sentinel = [\"redis://s:26379\"]\ncluster = [\"redis://c:7000\"]\n",
+                "proxy.toml:5:12: store.sentinel: cannot be combined with store.cluster",
+            ),
+            (
+                "url = \"redis://r:6379\"\nsentinel = [\"redis://s:26379\"]\n",
+                "proxy.toml:6:12: store.sentinel: cannot be combined with store.url",
+            ),
+            (
+                "sentinel = [\"redis://s:26379\"]\nsentinel_master = \"\"\n",
+                "proxy.toml:6:19: store.sentinel_master: must name the master",
+            ),
+            (
+                "sentinel = [\"redis://s:26379\"]\nsentinel_master = \"my master\"\n",
+                "proxy.toml:6:19: store.sentinel_master: must be a master name without spaces",
+            ),
+            (
+                "sentinel = [\"redis://s:26379\", \"http://s2:26379\"]\n",
+                "proxy.toml:5:32: store.sentinel[1]: must start with redis:// or rediss://",
+            ),
+            (
+                "sentinel = [\"redis://s:notaport\"]\n",
+                "proxy.toml:5:13: store.sentinel[0]: is not a valid Redis URL",
+            ),
+        ] {
+            let err = parse_str(&format!("{MIN}[store]\nkind = \"redis\"\n{store}")).unwrap_err();
+            assert!(err.starts_with(want), "{err}");
+        }
     }
 }

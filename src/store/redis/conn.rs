@@ -1,10 +1,13 @@
 //! The connection a [`RedisStore`](super::RedisStore) shares: one server's
-//! `ConnectionManager` or a cluster's connection behind one type, the slot that holds it
+//! `ConnectionManager`, a cluster's connection or the master named by Sentinels behind
+//! one type, the slot that holds it
 //! with its generation, and how its URLs are shown (passwords masked).
 
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, RedisFuture, Value};
+
+use super::sentinel::SentinelConn;
 
 #[derive(Default)]
 pub(super) struct Slot {
@@ -16,6 +19,7 @@ pub(super) struct Slot {
 pub(super) enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    Sentinel(SentinelConn),
 }
 
 impl ConnectionLike for Conn {
@@ -23,6 +27,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Sentinel(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -35,6 +40,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -42,6 +48,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
+            Conn::Sentinel(c) => c.get_db(),
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The Redis store (SPEC §7): one Redis server (`store.url`) or a Redis Cluster
-//! (`store.cluster`), shared by any number of proxy instances and surviving their restarts.
+//! The Redis store (SPEC §7): one Redis server (`store.url`), a Redis Cluster
+//! (`store.cluster`) or the master Redis Sentinels name (`store.sentinel`, SPEC §15, see
+//! [`sentinel`]), shared by any number of proxy instances and surviving their restarts.
 //!
 //! # Keys and values
 //!
@@ -57,6 +58,7 @@ use redis::cluster::ClusterClientBuilder;
 use redis::{RedisError, Value};
 
 use self::conn::{Conn, Slot, mask_password};
+use self::sentinel::Sentinel;
 use super::seal::{KEY_HASH_TEXT_LEN, KeyHash, SessionKeys};
 use super::{Cas, SessionStore, StoreError};
 use crate::config::StoreSettings;
@@ -110,6 +112,7 @@ struct Inner {
 enum Target {
     Single(redis::Client, ConnectionManagerConfig),
     Cluster(redis::cluster::ClusterClient),
+    Sentinel(Arc<Sentinel>),
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -117,6 +120,7 @@ impl std::fmt::Debug for RedisStore {
         let kind = match self.inner.target {
             Target::Single(..) => "single",
             Target::Cluster(_) => "cluster",
+            Target::Sentinel(_) => "sentinel",
         };
         f.debug_struct("RedisStore")
             .field("kind", &kind)
@@ -137,7 +141,9 @@ impl RedisStore {
     /// When a URL cannot be used (the message never contains a password).
     pub fn open(settings: &StoreSettings, namespace: &str) -> Result<Self, StoreError> {
         let timeout = settings.timeout;
-        let urls: Vec<&str> = if settings.cluster.is_empty() {
+        let urls: Vec<&str> = if !settings.sentinel.is_empty() {
+            settings.sentinel.iter().map(String::as_str).collect()
+        } else if settings.cluster.is_empty() {
             vec![settings.url.as_str()]
         } else {
             settings.cluster.iter().map(String::as_str).collect()
@@ -147,7 +153,11 @@ impl RedisStore {
             // beyond cc, no cmake). Err means one is installed already, which is fine.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let target = if settings.cluster.is_empty() {
+        let target = if !settings.sentinel.is_empty() {
+            let sentinel = Sentinel::new(&settings.sentinel, &settings.sentinel_master, timeout)
+                .map_err(unavailable)?;
+            Target::Sentinel(Arc::new(sentinel))
+        } else if settings.cluster.is_empty() {
             let client = redis::Client::open(settings.url.as_str()).map_err(unavailable)?;
             // No response timeout of redis' own: `run` bounds every operation (connecting
             // included) with `timeout` and drops a connection that timed out, so a second
@@ -187,15 +197,22 @@ impl RedisStore {
         })
     }
 
-    /// `store.url`, or `store.cluster` as a list, with passwords masked: the form that
-    /// messages and logs may show.
+    /// `store.url`, or `store.cluster` as a list, or `store.sentinel` as a list with the
+    /// master name, with passwords masked: the form that messages and logs may show.
     pub fn describe(settings: &StoreSettings) -> String {
-        if settings.cluster.is_empty() {
+        if !settings.sentinel.is_empty() {
+            sentinel::describe(&settings.sentinel, &settings.sentinel_master)
+        } else if settings.cluster.is_empty() {
             mask_password(&settings.url)
         } else {
             let seeds: Vec<String> = settings.cluster.iter().map(|u| mask_password(u)).collect();
             format!("[{}]", seeds.join(", "))
         }
+    }
+
+    /// `url` with any password masked, e.g. `redis://user:***@host`.
+    pub fn masked(url: &str) -> String {
+        mask_password(url)
     }
 
     /// The configured URL(s), passwords masked, for messages.
@@ -206,6 +223,15 @@ impl RedisStore {
     /// True when this store talks to a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
         matches!(self.inner.target, Target::Cluster(_))
+    }
+
+    /// With `store.sentinel`: the master name and the master in use (`host:port`), once
+    /// one was found.
+    pub fn sentinel_master(&self) -> Option<(&str, Option<String>)> {
+        match &self.inner.target {
+            Target::Sentinel(s) => Some((s.name(), s.in_use())),
+            _ => None,
+        }
     }
 
     /// The Redis key of `id`: the namespace followed by its key hash (never the ID).
@@ -249,6 +275,7 @@ impl RedisStore {
                     .map(Conn::Single)?
             }
             Target::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster)?,
+            Target::Sentinel(sentinel) => sentinel.connect().await.map(Conn::Sentinel)?,
         };
         let mut slot = self.lock();
         slot.made += 1;
@@ -428,5 +455,6 @@ impl SessionStore for RedisStore {
 }
 
 mod conn;
+mod sentinel;
 #[cfg(test)]
 mod tests;

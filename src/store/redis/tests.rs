@@ -11,6 +11,8 @@ fn settings(url: &str, cluster: &[&str]) -> StoreSettings {
         timeout: Duration::from_millis(300),
         on_error: OnError::Fail,
         require_on_start: false,
+        sentinel: Vec::new(),
+        sentinel_master: "mymaster".into(),
     }
 }
 
