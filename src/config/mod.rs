@@ -169,6 +169,10 @@ pub struct StoreSettings {
     pub on_error: OnError,
     /// Refuse to start while unreachable.
     pub require_on_start: bool,
+    /// Redis: how often at most a read extends a session's expiry (resolved: never 0).
+    pub touch_interval: Duration,
+    /// Redis: sessions kept in this proxy's memory; 0 = no local cache.
+    pub local_cache: usize,
 }
 
 /// Validated `[forward]`.

@@ -172,6 +172,10 @@ pub struct RawStore {
     pub on_error: OnError,
     /// Refuse to start while the store is unreachable.
     pub require_on_start: bool,
+    /// Redis: extend a session's expiry at most this often; 0 = max(1, ttl_sec / 100).
+    pub touch_interval_sec: u64,
+    /// Redis: sessions kept in this proxy's memory, kept exact by client tracking; 0 = off.
+    pub local_cache: usize,
 }
 
 impl Default for RawStore {
@@ -184,6 +188,8 @@ impl Default for RawStore {
             timeout_ms: 1000,
             on_error: OnError::Fail,
             require_on_start: false,
+            touch_interval_sec: 0,
+            local_cache: 0,
         }
     }
 }

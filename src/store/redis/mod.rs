@@ -6,15 +6,16 @@
 //! Sessions are stored sealed ([`seal`](super::seal), SPEC §14): the key is
 //! `session.namespace` followed by the [`KeyHash`] of the ID (SHA-256 of its text, 43
 //! characters of base64url), e.g. `session:6oZqdX5M…`, never the ID; the value is the
-//! record in format 2: version and timestamps in clear, the data encrypted and
-//! authenticated with AES-256-GCM under a key derived from the ID. Every write sets an
-//! expiry of `ttl` in whole seconds (rounded up, at least 1).
+//! record in format 3: version and timestamps in clear, the data encrypted and
+//! authenticated with ChaCha20-Poly1305 under a key derived from the ID. Every write sets an
+//! expiry of `ttl` in whole seconds (rounded up, at least 1), and stamps the record's
+//! `touched` with the time of the write.
 //!
 //! # One round trip per operation
 //!
 //! | operation | command |
 //! |---|---|
-//! | [`load`](SessionStore::load) | `GETEX key EX ttl` (Redis 6.2 or later) |
+//! | [`load`](SessionStore::load) | `GET key`; when the touch is due, also `EVALSHA` of the touch script (below) |
 //! | [`create`](SessionStore::create) | `SET key value NX EX ttl` |
 //! | [`replace`](SessionStore::replace) | `EVALSHA` of a compare-and-set script: `GET`; nil -> gone, another header -> changed, else `SET key new EX ttl` |
 //! | [`delete`](SessionStore::delete) | `DEL key` |
@@ -25,6 +26,40 @@
 //! stored value with the header of `expected` ([`SessionKeys::header`]): the same record
 //! seals to other bytes on every write, and the header is what stays equal (see
 //! [`seal`](super::seal)).
+//!
+//! # Reads do not write: touch throttling (SPEC §15)
+//!
+//! A read extends the session's expiry only when `store.touch_interval_sec` (`interval`)
+//! has passed since the record's `touched`, the time its expiry was last set, kept in the
+//! record itself so that every proxy sharing Redis takes the same decision. The touch is a
+//! script on the one key: if the value is of format 3 and its `touched` is still what this
+//! read saw, it rewrites `touched` in place (`SETRANGE`, which keeps the value otherwise and
+//! keeps its TTL) and sets `EXPIRE key ttl`; if the key is gone it does nothing (it never
+//! creates a key, so it never resurrects a destroyed session); if `touched` moved on
+//! (another proxy touched, or a write replaced the value, which sets its own expiry) it
+//! does nothing either, so concurrent reads of one session touch it once.
+//!
+//! Why a script over `SET ... KEEPTTL` guarded by compare-and-set: `touched` sits outside
+//! the sealed header (see [`seal`](super::seal)), so the touch changes neither the header
+//! that compare-and-set compares nor the sealed bytes: no in-flight Update or cookie
+//! refresh loses its compare-and-set to a touch, nothing is re-sealed, and the request
+//! carries 8 bytes instead of the whole value.
+//!
+//! The guarantee: every write and every touch sets the expiry to `ttl` from then and
+//! stamps `touched` with that moment (whole seconds, rounded down). A read at `t` finds
+//! `touched > t - interval` (no touch: the expiry is already past `t - interval + ttl`) or
+//! touches, so the session stays valid until at least `t + ttl - interval`. Clocks of the
+//! proxies are assumed to agree to well under `interval`. A touch that fails is logged and
+//! the read is still served; the next read tries again.
+//!
+//! # Local cache (SPEC §15)
+//!
+//! With `store.local_cache = N`, up to N opened sessions are kept in this proxy and served
+//! without a round trip while Redis client tracking reports every write to them (see
+//! [`cache`] for the read/invalidation race, [`tracking`] for the connections). A hit still
+//! sends the touch when it is due; the touch is a write, so it invalidates the entry in
+//! every proxy, at most once per interval. This proxy's own writes drop its entry as soon
+//! as they return (read your writes), before Redis's report arrives.
 //!
 //! # Connections and failures
 //!
@@ -49,6 +84,7 @@
 //! a masked copy of its URLs for display.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -56,11 +92,16 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::{RedisError, Value};
 
+use tracing::warn;
+
+use self::cache::{Entry, LocalCache};
 use self::conn::{Conn, Slot, mask_password};
-use super::seal::{KEY_HASH_TEXT_LEN, KeyHash, SessionKeys};
+use self::tracking::{Nodes, Tracker};
+use super::seal::{FORMAT_VERSION, KEY_HASH_TEXT_LEN, KeyHash, SessionKeys, TOUCHED_AT};
 use super::{Cas, SessionStore, StoreError};
 use crate::config::StoreSettings;
-use crate::session::{Record, SessionId};
+use crate::metrics::RedisReadMetrics;
+use crate::session::{Record, SessionId, unix_now};
 
 /// Compare-and-set: `KEYS[1]` = key, `ARGV` = expected header, new value, TTL seconds.
 /// Returns 0 when the key is absent, the current value when its header differs, 1 when
@@ -76,6 +117,24 @@ end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 return 1
 ";
+
+/// The touch (see the module docs): `KEYS[1]` = key, `ARGV` = the `touched` this read saw
+/// (8 bytes), the new `touched` (8 bytes), TTL seconds. Returns 1 when touched, 0 when the
+/// key is absent or not of format 3, 2 when `touched` moved on meanwhile.
+const TOUCH_SCRIPT: &str = r"
+local head = redis.call('GETRANGE', KEYS[1], 0, 40)
+if #head < 41 or string.byte(head, 1) ~= 3 then
+  return 0
+end
+if string.sub(head, 34, 41) ~= ARGV[1] then
+  return 2
+end
+redis.call('SETRANGE', KEYS[1], 33, ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+";
+// The script's offsets: format 3, `touched` at bytes 33..41 (1-based 34..41 in Lua).
+const _: () = assert!(FORMAT_VERSION == 3 && TOUCHED_AT == 33);
 
 /// Reconnection attempts per reconnect (after the first), for a single server.
 const RECONNECT_RETRIES: usize = 2;
@@ -105,6 +164,13 @@ struct Inner {
     /// The URL(s) with any password masked: the only form ever displayed.
     shown: String,
     cas: redis::Script,
+    touch: redis::Script,
+    /// Whole seconds between touches of one session (at least 1).
+    touch_interval: u64,
+    /// The local cache and what starts its tracking (taken on first use), when on.
+    cache: Option<(Arc<LocalCache>, Mutex<Option<Tracker>>)>,
+    tracking_started: AtomicBool,
+    metrics: RedisReadMetrics,
 }
 
 enum Target {
@@ -123,6 +189,11 @@ impl std::fmt::Debug for RedisStore {
             .field("target", &self.inner.shown)
             .field("namespace", &self.inner.namespace)
             .field("timeout", &self.inner.timeout)
+            .field("touch_interval_sec", &self.inner.touch_interval)
+            .field(
+                "local_cache",
+                &self.inner.cache.as_ref().map(|(c, _)| c.len()),
+            )
             .field("connected", &self.lock().conn.is_some())
             .finish()
     }
@@ -174,6 +245,32 @@ impl RedisStore {
             Target::Cluster(client)
         };
         let shown = Self::describe(settings);
+        let metrics = RedisReadMetrics::default();
+        let cache = match settings.local_cache {
+            0 => None,
+            n => {
+                let nodes = match &target {
+                    Target::Single(client, _) => {
+                        Nodes::Single(client.get_connection_info().clone())
+                    }
+                    Target::Cluster(_) => Nodes::Cluster(
+                        settings
+                            .cluster
+                            .iter()
+                            .map(|u| u.parse::<redis::ConnectionInfo>())
+                            .collect::<Result<_, _>>()
+                            .map_err(unavailable)?,
+                    ),
+                };
+                let tracker = Tracker {
+                    nodes,
+                    prefix: namespace.into(),
+                    timeout,
+                };
+                let cache = Arc::new(LocalCache::new(n, metrics.clone()));
+                Some((cache, Mutex::new(Some(tracker))))
+            }
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 target,
@@ -183,8 +280,84 @@ impl RedisStore {
                 timeout,
                 shown,
                 cas: redis::Script::new(CAS_SCRIPT),
+                touch: redis::Script::new(TOUCH_SCRIPT),
+                touch_interval: settings.touch_interval.as_secs().max(1),
+                cache,
+                tracking_started: AtomicBool::new(false),
+                metrics,
             }),
         })
+    }
+
+    /// The read-path counters (touches, local cache), for `/metrics`.
+    pub fn read_metrics(&self) -> &RedisReadMetrics {
+        &self.inner.metrics
+    }
+
+    /// True when `store.local_cache` is on.
+    pub fn has_local_cache(&self) -> bool {
+        self.inner.cache.is_some()
+    }
+
+    /// True while the local cache serves (its invalidation tracking is up on every node);
+    /// false without a local cache.
+    pub fn local_cache_is_live(&self) -> bool {
+        self.inner.cache.as_ref().is_some_and(|(c, _)| c.is_live())
+    }
+
+    /// The local cache, its tracking started on first use (this needs a runtime).
+    fn local_cache(&self) -> Option<&LocalCache> {
+        let (cache, tracker) = self.inner.cache.as_ref()?;
+        if !self.inner.tracking_started.swap(true, Ordering::AcqRel) {
+            let taken = tracker
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some(tracker) = taken {
+                tracking::spawn(tracker, cache);
+            }
+        }
+        Some(cache)
+    }
+
+    /// This proxy wrote `key`: drop its cached copy now (read your writes), and refuse
+    /// inserts of reads made before.
+    fn written(&self, key: &str) {
+        if let Some((cache, _)) = &self.inner.cache {
+            cache.invalidate(key);
+        }
+    }
+
+    /// Extends the expiry of `key` to `ttl_secs` when `interval` has passed since
+    /// `touched` (see the module docs). A failure is logged, not returned: the session
+    /// is valid now, and the next read tries again.
+    async fn touch_if_due(&self, key: &str, touched: u64, now: u64, ttl_secs: u64) {
+        if now.saturating_sub(touched) < self.inner.touch_interval {
+            return;
+        }
+        let script = &self.inner.touch;
+        let result: Result<i64, StoreError> = self
+            .run(|mut conn| async move {
+                script
+                    .key(key)
+                    .arg(&touched.to_be_bytes()[..])
+                    .arg(&now.to_be_bytes()[..])
+                    .arg(ttl_secs)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(unavailable)
+            })
+            .await;
+        match result {
+            Ok(1) => {
+                self.inner.metrics.touches.inc();
+                self.written(key);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %e, "could not extend a session's expiry; will retry on a later read");
+            }
+        }
     }
 
     /// `store.url`, or `store.cluster` as a list, with passwords masked: the form that
@@ -312,12 +485,13 @@ fn ttl_secs(ttl: Duration) -> u64 {
     secs.max(1)
 }
 
-/// Opens a stored value of the session `keys` belong to.
-fn open(keys: &SessionKeys, value: Vec<u8>) -> Result<Record, StoreError> {
-    keys.open(value).map_err(|reason| StoreError::Corrupt {
-        key_hash: Box::new(*keys.key_hash()),
-        reason,
-    })
+/// Opens a stored value of the session `keys` belong to, with its `touched`.
+fn open(keys: &SessionKeys, value: Vec<u8>) -> Result<(Record, u64), StoreError> {
+    keys.open_touched(value)
+        .map_err(|reason| StoreError::Corrupt {
+            key_hash: Box::new(*keys.key_hash()),
+            reason,
+        })
 }
 
 /// An answer the command never gives, as a store error.
@@ -337,14 +511,35 @@ fn unexpected(what: &'static str, v: &Value) -> StoreError {
 impl SessionStore for RedisStore {
     async fn load(&self, id: &SessionId, ttl: Duration) -> Result<Option<Record>, StoreError> {
         let keys = SessionKeys::derive(id);
-        let mut cmd = redis::cmd("GETEX");
-        cmd.arg(self.key_at(keys.key_hash()))
-            .arg("EX")
-            .arg(ttl_secs(ttl));
+        let key = self.key_at(keys.key_hash());
+        let (now, ttl) = (unix_now(), ttl_secs(ttl));
+        let cache = self.local_cache();
+        let ticket = match cache.map(|c| c.lookup(&key, now, ttl)) {
+            Some(Ok(hit)) => {
+                self.touch_if_due(&key, hit.touched, now, ttl).await;
+                return Ok(Some(hit.rec));
+            }
+            Some(Err(ticket)) => ticket,
+            None => None,
+        };
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(&key);
         let value: Option<Vec<u8>> = self
             .run(|mut conn| async move { cmd.query_async(&mut conn).await.map_err(unavailable) })
             .await?;
-        value.map(|bytes| open(&keys, bytes)).transpose()
+        let Some(bytes) = value else {
+            return Ok(None);
+        };
+        let (rec, touched) = open(&keys, bytes)?;
+        if let (Some(cache), Some(ticket)) = (cache, ticket) {
+            let entry = Entry {
+                rec: rec.clone(),
+                touched,
+            };
+            cache.insert(key.clone(), ticket, entry);
+        }
+        self.touch_if_due(&key, touched, now, ttl).await;
+        Ok(Some(rec))
     }
 
     async fn create(
@@ -385,10 +580,11 @@ impl SessionStore for RedisStore {
         let new = keys.seal(new);
         let secs = ttl_secs(ttl);
         let script = &self.inner.cas;
-        let value: Value = self
+        let target = &key;
+        let result: Result<Value, StoreError> = self
             .run(|mut conn| async move {
                 script
-                    .key(&key)
+                    .key(target)
                     .arg(&expected[..])
                     .arg(new)
                     .arg(secs)
@@ -396,23 +592,29 @@ impl SessionStore for RedisStore {
                     .await
                     .map_err(unavailable)
             })
-            .await?;
-        match value {
+            .await;
+        // Also after a failure: a write that timed out may still be applied.
+        self.written(&key);
+        match result? {
             Value::Int(0) => Ok(Cas::Gone),
             Value::Int(1) => Ok(Cas::Applied),
-            Value::BulkString(current) => Ok(Cas::Changed(open(&keys, current)?)),
+            Value::BulkString(current) => Ok(Cas::Changed(open(&keys, current)?.0)),
             other => Err(unexpected("the compare-and-set script", &other)),
         }
     }
 
     async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
+        let key = self.key(id);
         let mut cmd = redis::cmd("DEL");
-        cmd.arg(self.key(id));
-        self.run(|mut conn| async move {
-            let _removed: i64 = cmd.query_async(&mut conn).await.map_err(unavailable)?;
-            Ok(())
-        })
-        .await
+        cmd.arg(&key);
+        let result = self
+            .run(|mut conn| async move {
+                let _removed: i64 = cmd.query_async(&mut conn).await.map_err(unavailable)?;
+                Ok(())
+            })
+            .await;
+        self.written(&key);
+        result
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -427,6 +629,8 @@ impl SessionStore for RedisStore {
     }
 }
 
+mod cache;
 mod conn;
 #[cfg(test)]
 mod tests;
+mod tracking;
