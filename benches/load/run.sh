@@ -6,6 +6,8 @@
 #
 # Knobs (environment): ROUNDS=3 DURATION=10 (seconds per run) CONNS=32 WARMUP=2
 # PRELOAD=1000000 (sessions for the RSS test; 0 skips it) REDIS=1 (0 skips the Redis row).
+# REDIS_LOCAL_CACHE=0 (N > 0 adds a second S2 Redis row, sessiongate+redis-cache, with
+# store.local_cache = N; the other rows are unchanged).
 #
 # What runs, all on 127.0.0.1 and stopped on exit:
 # - upstream: nginx, one worker; `/` and `/login` (which answers `X-Session-Set:
@@ -41,6 +43,8 @@ CONNS=${CONNS:-32}
 WARMUP=${WARMUP:-2}
 PRELOAD=${PRELOAD:-1000000}
 REDIS=${REDIS:-1}
+REDIS_LOCAL_CACHE=${REDIS_LOCAL_CACHE:-0}
+[[ "$REDIS_LOCAL_CACHE" =~ ^[0-9]+$ ]] || { echo "run.sh: REDIS_LOCAL_CACHE takes a number" >&2; exit 2; }
 SERVER_CPU=0
 LOAD_CPU=1
 
@@ -363,6 +367,26 @@ else
             run_wrk S2 sessiongate+redis "$round" "$RGATE_PORT" / "$RCOOKIE" "$RGATE" "$REDIS_PID"
         done
         stop_pid "$RGATE"
+    fi
+    # The same row with the local cache on (store.local_cache, README "Redis").
+    if [ -n "$RCOOKIE" ] && [ "$REDIS_LOCAL_CACHE" -gt 0 ]; then
+        free_port CGATE_PORT
+        free_port CGATE_ADMIN
+        CCOOKIE=""
+        if start_gate gate-redis-cache "$CGATE_PORT" "$CGATE_ADMIN" \
+            "kind = \"redis\"\\nurl = \"redis://127.0.0.1:$REDIS_PORT\"\\nrequire_on_start = true\\nlocal_cache = $REDIS_LOCAL_CACHE"; then
+            CGATE=$GATE_PID
+            CCOOKIE=$(try_cookie "$CGATE_PORT" /login) || CCOOKIE=""
+        fi
+        if [ -z "$CCOOKIE" ]; then
+            REDIS_NOTE="S2-redis-cache: skipped (redis store with local_cache not available)"
+        else
+            warm "$CGATE_PORT" / "$CCOOKIE"
+            for round in $(seq "$ROUNDS"); do
+                run_wrk S2 sessiongate+redis-cache "$round" "$CGATE_PORT" / "$CCOOKIE" "$CGATE" "$REDIS_PID"
+            done
+            stop_pid "$CGATE"
+        fi
     fi
     stop_pid "$REDIS_PID"
 fi
