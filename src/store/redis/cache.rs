@@ -102,6 +102,15 @@ impl LocalCache {
         (self.hasher.hash_one(key) as usize) & (BUCKETS - 1)
     }
 
+    /// Counts a lookup's final result (a hit confirmed after the yield, see the store).
+    pub(super) fn count(&self, hit: bool) {
+        if hit {
+            self.metrics.cache_hits.inc();
+        } else {
+            self.metrics.cache_misses.inc();
+        }
+    }
+
     /// The entry for `key` if tracking is live and the entry is younger than `ttl_secs`
     /// since its last touch at `now`; otherwise a ticket to insert what a read of Redis
     /// returns (`None`: do not insert, tracking is not live).
@@ -118,10 +127,7 @@ impl LocalCache {
         }
         match st.entries.get(key) {
             Some(e) if now < e.touched.saturating_add(ttl_secs) => {
-                let e = e.clone();
-                drop(st);
-                self.metrics.cache_hits.inc();
-                return Ok(e);
+                return Ok(e.clone());
             }
             Some(_) => {
                 // Past the expiry its last touch gave it: Redis decides.
@@ -134,8 +140,6 @@ impl LocalCache {
             bucket,
             generation: st.generations[bucket],
         };
-        drop(st);
-        self.metrics.cache_misses.inc();
         Err(Some(ticket))
     }
 

@@ -514,7 +514,18 @@ impl SessionStore for RedisStore {
         let key = self.key_at(keys.key_hash());
         let (now, ttl) = (unix_now(), ttl_secs(ttl));
         let cache = self.local_cache();
-        let ticket = match cache.map(|c| c.lookup(&key, now, ttl)) {
+        let mut found = cache.map(|c| c.lookup(&key, now, ttl));
+        if let (Some(c), Some(Ok(_))) = (cache, &found) {
+            // Let invalidations that have already arrived be applied first: the
+            // tracking connections' readers are tasks of this runtime, and a request
+            // that arrived in the same turn may otherwise be served before them.
+            tokio::task::yield_now().await;
+            found = Some(c.lookup(&key, now, ttl));
+        }
+        if let (Some(c), Some(f)) = (cache, &found) {
+            c.count(f.is_ok());
+        }
+        let ticket = match found {
             Some(Ok(hit)) => {
                 self.touch_if_due(&key, hit.touched, now, ttl).await;
                 return Ok(Some(hit.rec));
