@@ -251,7 +251,7 @@ impl RedisStore {
             n => {
                 let nodes = match &target {
                     Target::Single(client, _) => {
-                        Nodes::Single(client.get_connection_info().clone())
+                        Nodes::Single(Box::new(client.get_connection_info().clone()))
                     }
                     Target::Cluster(_) => Nodes::Cluster(
                         settings

@@ -56,7 +56,7 @@ pub(super) const CLIENT_NAME: &str = "sessiongate-tracking";
 #[derive(Clone)]
 pub(super) enum Nodes {
     /// One server.
-    Single(ConnectionInfo),
+    Single(Box<ConnectionInfo>),
     /// A cluster, found through these seeds.
     Cluster(Vec<ConnectionInfo>),
 }
@@ -123,7 +123,7 @@ impl Tracker {
     async fn start(&self, cache: &Weak<LocalCache>, number: u64) -> Result<Session, RedisError> {
         let dropped = Arc::new(Notify::new());
         let (infos, topology) = match &self.nodes {
-            Nodes::Single(info) => (vec![info.clone()], BTreeSet::new()),
+            Nodes::Single(info) => (vec![(**info).clone()], BTreeSet::new()),
             Nodes::Cluster(seeds) => {
                 let topology = self.cluster_nodes(seeds).await?;
                 let seed = &seeds[0];
