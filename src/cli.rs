@@ -198,6 +198,14 @@ pub fn describe(config: &Config, secrets: &Secrets) -> String {
                 let _ = writeln!(out, "sentinel = [{}]", nodes.join(", "));
                 let _ = writeln!(out, "sentinel_master = {}", st.sentinel_master);
             }
+            let _ = writeln!(out, "touch_interval_sec = {}", st.touch_interval.as_secs());
+            let _ = match st.local_cache {
+                0 => writeln!(out, "local_cache = off"),
+                n => writeln!(
+                    out,
+                    "local_cache = {n} sessions, kept exact by client tracking"
+                ),
+            };
         }
     }
     let _ = writeln!(out, "timeout_ms = {}", st.timeout.as_millis());

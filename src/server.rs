@@ -221,7 +221,11 @@ pub fn start_on(
     let addr = listener
         .local_addr()
         .expect("a bound listener has an address");
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
+    if let Store::Redis(redis) = &store {
+        metrics.register_redis_reads(redis.read_metrics(), redis.has_local_cache());
+    }
+    let metrics = Arc::new(metrics);
     let gate = Arc::new(Gate::new(config, secrets, store.clone(), metrics.clone())?);
     let tls = match &config.server.tls {
         Some(files) => Some(Arc::new(Reloadable::new(files.clone())?)),

@@ -87,6 +87,28 @@ fn check_prints_the_sentinels_masked_and_the_master_name() {
 }
 
 #[test]
+fn check_prints_the_redis_read_path_settings() {
+    let cfg = write(
+        "redis-reads.toml",
+        "[server]\nupstream = \"http://127.0.0.1:3000\"\n[session]\nttl_sec = 3600\n\
+         [store]\nkind = \"redis\"\nlocal_cache = 5000\n",
+    );
+    let out = bin()
+        .args(["check", "-c"])
+        .arg(&cfg)
+        .env("SESSION_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("touch_interval_sec = 36\n"), "{text}");
+    assert!(
+        text.contains("local_cache = 5000 sessions, kept exact by client tracking\n"),
+        "{text}"
+    );
+}
+
+#[test]
 fn check_reports_file_line_column_and_key() {
     let path = write(
         "typo.toml",

@@ -55,6 +55,8 @@ fn settings(url: String, cluster: Vec<String>) -> StoreSettings {
         require_on_start: false,
         sentinel: Vec::new(),
         sentinel_master: "mymaster".into(),
+        touch_interval: Duration::from_secs(1),
+        local_cache: 0,
     }
 }
 
@@ -202,10 +204,10 @@ async fn create_then_load_returns_the_record(fx: &Fixture) {
     assert!(fx.store.create(&id, &r, LONG).await.unwrap());
     assert_eq!(fx.store.load(&id, LONG).await.unwrap(), Some(r.clone()));
     if fx.is_redis() {
-        // The key is the namespace plus the key hash, the value sealed (format 2), and it
+        // The key is the namespace plus the key hash, the value sealed (format 3), and it
         // carries an expiry.
         let raw = fx.raw(&id).unwrap().unwrap();
-        assert_eq!(raw[0], 2, "format version");
+        assert_eq!(raw[0], 3, "format version");
         assert_eq!(fx.opened(&id), Some(r.clone()));
         let ttl = fx.ttl(&id).unwrap();
         assert!(ttl > 0 && ttl <= 60, "ttl {ttl}");
@@ -326,10 +328,26 @@ async fn load_slides_the_ttl(fx: &Fixture) {
     let r = rec(r#"{"n":1}"#);
     assert!(fx.store.create(&used, &r, SHORT).await.unwrap());
     assert!(fx.store.create(&idle, &r, SHORT).await.unwrap());
+    if fx.is_redis() {
+        // Redis slides once `touch_interval` (1 s here) has passed since the last touch
+        // (SPEC §15): make `used` last touched 10 s ago.
+        let now = sessiongate::session::unix_now();
+        let old = SessionKeys::derive(&used).seal_touched(&r, now - 10);
+        let _: Option<()> = fx.query(
+            ::redis::cmd("SET")
+                .arg(Fixture::key(&used))
+                .arg(old)
+                .arg("EX")
+                .arg(1),
+        );
+    }
     assert_eq!(fx.store.load(&used, LONG).await.unwrap(), Some(r.clone()));
     if fx.is_redis() {
         let ttl = fx.ttl(&used).unwrap();
-        assert!(ttl > 1 && ttl <= 60, "GETEX did not slide the TTL: {ttl}");
+        assert!(
+            ttl > 1 && ttl <= 60,
+            "the touch did not slide the TTL: {ttl}"
+        );
     }
     fx.wait_expired(&idle).await;
     assert_eq!(fx.store.load(&used, LONG).await.unwrap(), Some(r));
@@ -413,8 +431,9 @@ async fn a_flipped_byte_is_refused(fx: &Fixture) {
             .unwrap()
     );
     let sealed = fx.raw(&id).unwrap().unwrap();
-    // A byte of the clear header (`created`), of the nonce, of the sealed data, of the tag.
-    for at in [5, 40, 50, sealed.len() - 1] {
+    // A byte of the clear header (`created`), of the nonce, of the sealed data, of the tag
+    // (bytes 33..41 are `touched`, which is not authenticated: see store::seal).
+    for at in [5, 45, 55, sealed.len() - 1] {
         let mut bad = sealed.clone();
         bad[at] ^= 0x01;
         fx.set_raw(&id, &bad);

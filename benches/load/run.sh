@@ -10,6 +10,8 @@
 # SCENARIOS="S1 S2 S3" (the memory-store rows against nginx-plain; "" runs only the Redis rows)
 # BASELINE_BIN= (another sessiongate binary: adds an S2 Redis row "baseline+redis" run with it,
 # interleaved with this build's, and prints the CPU difference per request).
+# REDIS_LOCAL_CACHE=0 (N > 0 adds an S2 Redis row, sessiongate+redis-cache, with
+# store.local_cache = N, interleaved with the other Redis rows; the other rows are unchanged).
 #
 # What runs, all on 127.0.0.1 and stopped on exit:
 # - upstream: nginx, one worker; `/` and `/login` (which answers `X-Session-Set:
@@ -46,6 +48,8 @@ WARMUP=${WARMUP:-2}
 PRELOAD=${PRELOAD:-1000000}
 REDIS=${REDIS:-1}
 SCENARIOS=${SCENARIOS-S1 S2 S3}
+REDIS_LOCAL_CACHE=${REDIS_LOCAL_CACHE:-0}
+[[ "$REDIS_LOCAL_CACHE" =~ ^[0-9]+$ ]] || { echo "run.sh: REDIS_LOCAL_CACHE takes a number" >&2; exit 2; }
 SERVER_CPU=0
 LOAD_CPU=1
 
@@ -353,17 +357,20 @@ else
     done
     # One sessiongate per variant on the same redis-server, interleaved round by round:
     # "sessiongate+redis" is $BIN; with BASELINE_BIN set, "baseline+redis" is that binary
-    # (e.g. an older commit's release build), so a change's cost is measured in one run.
-    variants=("sessiongate+redis|$BIN|sg")
-    [ -n "${BASELINE_BIN:-}" ] && variants+=("baseline+redis|$BASELINE_BIN|base")
+    # (e.g. an older commit's release build), so a change's cost is measured in one run;
+    # with REDIS_LOCAL_CACHE=N, "sessiongate+redis-cache" is $BIN with store.local_cache = N.
+    variants=("sessiongate+redis|$BIN|sg|")
+    [ -n "${BASELINE_BIN:-}" ] && variants+=("baseline+redis|$BASELINE_BIN|base|")
+    [ "$REDIS_LOCAL_CACHE" -gt 0 ] &&
+        variants+=("sessiongate+redis-cache|$BIN|cache|\\nlocal_cache = $REDIS_LOCAL_CACHE")
     running=()
     for v in "${variants[@]}"; do
-        IFS='|' read -r vname vbin vns <<<"$v"
+        IFS='|' read -r vname vbin vns vextra <<<"$v"
         [ -x "$vbin" ] || die "no binary at $vbin"
         free_port VPORT
         free_port VADMIN
         if start_gate "gate-$vns" "$VPORT" "$VADMIN" \
-            "kind = \"redis\"\\nurl = \"redis://127.0.0.1:$REDIS_PORT\"\\nrequire_on_start = true" "$vbin"; then
+            "kind = \"redis\"\\nurl = \"redis://127.0.0.1:$REDIS_PORT\"\\nrequire_on_start = true$vextra" "$vbin"; then
             vpid=$GATE_PID
             if vcookie=$(try_cookie "$VPORT" /login); then
                 warm "$VPORT" / "$vcookie"
@@ -483,6 +490,14 @@ if has S2 sessiongate; then
     check "S2 p99 vs nginx-plain" "$(ratio S2 sessiongate nginx-plain 6)" "<=" 1.2
 fi
 has S3 sessiongate && check "S3 req/s vs nginx-plain" "$(ratio S3 sessiongate nginx-plain 4)" ">=" 0.9
+if has S2 sessiongate; then
+    for t in sessiongate+redis sessiongate+redis-cache; do
+        has S2 "$t" || continue
+        limit=0.85
+        [ "$t" = sessiongate+redis-cache ] && limit=0.95
+        check "S2 req/s, $t vs memory store" "$(ratio S2 "$t" sessiongate 4)" ">=" "$limit"
+    done
+fi
 if has S2 baseline+redis && has S2 sessiongate+redis; then
     # Round by round (the two ran back to back), then the median of those differences.
     paired=$(awk -F'\t' '$1 == "S2" && $2 == "sessiongate+redis" {a[$3] = $7}

@@ -12,7 +12,11 @@ exactly that counter in its X-Session token.
   resurrected   a session whose logout was acknowledged was seen again with the old cookie
   unexpected    anything else inconsistent (counter jumped by more than one, bad token)
 
-Usage: client.py --port P --seconds S [--threads T] [--sessions-per-thread K] --out FILE
+With --port2, requests alternate between the two proxies (one after the other, so the
+request after an acknowledgement goes to the other proxy): the checks then hold across
+proxies sharing one Redis, e.g. with store.local_cache on.
+
+Usage: client.py --port P [--port2 P2] --seconds S [--threads T] [--sessions-per-thread K] --out FILE
 """
 
 import argparse
@@ -46,9 +50,11 @@ class Session:
 
 
 class Worker(threading.Thread):
-    def __init__(self, port, deadline, sessions, seed):
+    def __init__(self, ports, deadline, sessions, seed):
         super().__init__(daemon=True)
-        self.port = port
+        self.ports = ports
+        self.turn = 0
+        self.conns = [None] * len(ports)
         self.deadline = deadline
         self.sessions = sessions
         self.rng = random.Random(seed)
@@ -56,8 +62,18 @@ class Worker(threading.Thread):
 
     def request(self, path, cookie):
         """(status, body dict or None, new cookie value or '' when cleared, or None)."""
+        # Alternate between the proxies: keep each one's keep-alive connection.
+        i = self.turn % len(self.ports)
+        self.turn += 1
+        self.conn = self.conns[i]
+        try:
+            return self.request_on(self.ports[i], path, cookie)
+        finally:
+            self.conns[i] = self.conn
+
+    def request_on(self, port, path, cookie):
         if self.conn is None:
-            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         headers = {"Cookie": cookie} if cookie else {}
         try:
             self.conn.request("GET", path, headers=headers)
@@ -165,6 +181,7 @@ class Worker(threading.Thread):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--port2", type=int)
     ap.add_argument("--seconds", type=float, required=True)
     ap.add_argument("--threads", type=int, default=16)
     ap.add_argument("--sessions-per-thread", type=int, default=32)
@@ -174,7 +191,7 @@ def main():
     deadline = start + a.seconds
     workers = [
         Worker(
-            a.port,
+            [a.port] + ([a.port2] if a.port2 else []),
             deadline,
             [Session(f"t{t}s{i}") for i in range(a.sessions_per_thread)],
             seed=t,

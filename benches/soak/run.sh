@@ -4,6 +4,7 @@
 # stopped on exit.
 #
 #   bash benches/soak/run.sh [--minutes N] [--threads T] [--sessions-per-thread K] [--no-build]
+#                            [--two-proxies [--local-cache N]]
 #
 # - builds the release binary (cargo build --release --bin sessiongate);
 # - redis-server on a free 127.0.0.1 port, data dir in a temp dir, --appendonly yes
@@ -13,7 +14,10 @@
 # - sessiongate: [store] kind = "redis", timeout_ms = 300, on_error = "fail";
 # - client.py: T threads x K sessions for N minutes (one request in flight per session),
 #   checking that every acknowledged (200) update is visible to the next request;
-# - every 60 s: kill -9 redis-server, wait 2 s, start it again on the same port and dir.
+# - every 60 s: kill -9 redis-server, wait 2 s, start it again on the same port and dir;
+# - --two-proxies: two sessiongate processes on the one Redis, both with
+#   store.local_cache = N (default 10000, 0 = off), and the client alternating its
+#   requests between them, so every check also holds across proxies and their caches.
 #
 # Report: requests, results by status, sessions lost (must be 0), sessiongate RSS at
 # start and end, and sessiongate's own metrics. Exit status 1 when a session was lost or
@@ -25,13 +29,17 @@ MINUTES=10
 THREADS=16
 PER_THREAD=32
 BUILD=1
+TWO=0
+LOCAL_CACHE=10000
 while [ $# -gt 0 ]; do
     case "$1" in
         --minutes) MINUTES=$2; shift 2 ;;
         --threads) THREADS=$2; shift 2 ;;
         --sessions-per-thread) PER_THREAD=$2; shift 2 ;;
         --no-build) BUILD=0; shift ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        --two-proxies) TWO=1; shift ;;
+        --local-cache) LOCAL_CACHE=$2; shift 2 ;;
+        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -59,6 +67,7 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/sessiongate-soak.XXXXXX")
 REDIS_PID=""
 UP_PID=""
 GATE_PID=""
+GATE2_PID=""
 LOOP_PID=""
 CLIENT_PID=""
 
@@ -79,6 +88,7 @@ cleanup() {
     stop_pid "$CLIENT_PID"
     stop_pid "$LOOP_PID"
     stop_pid "$GATE_PID"
+    stop_pid "$GATE2_PID"
     stop_pid "$UP_PID"
     [ -f "$TMP/redis.pid" ] && stop_pid "$(cat "$TMP/redis.pid")"
     stop_pid "$REDIS_PID"
@@ -107,6 +117,8 @@ REDIS_PORT=$(free_port)
 UP_PORT=$(free_port)
 GATE_PORT=$(free_port)
 ADMIN_PORT=$(free_port)
+GATE2_PORT=$(free_port)
+ADMIN2_PORT=$(free_port)
 mkdir -p "$TMP/redis"
 
 start_redis() {
@@ -151,6 +163,11 @@ url = "redis://127.0.0.1:$REDIS_PORT"
 timeout_ms = 300
 on_error = "fail"
 TOML
+if [ "$TWO" = 1 ]; then
+    echo "local_cache = $LOCAL_CACHE" >> "$TMP/soak.toml"
+    sed -e "s/127.0.0.1:$GATE_PORT/127.0.0.1:$GATE2_PORT/" \
+        -e "s/127.0.0.1:$ADMIN_PORT/127.0.0.1:$ADMIN2_PORT/" "$TMP/soak.toml" > "$TMP/soak2.toml"
+fi
 
 log "sessiongate on 127.0.0.1:$GATE_PORT (admin $ADMIN_PORT)"
 SESSION_SECRET=$SECRET SESSION_UPSTREAM_SECRET=$UPSTREAM_SECRET RUST_LOG=warn NO_COLOR=1 \
@@ -158,6 +175,15 @@ SESSION_SECRET=$SECRET SESSION_UPSTREAM_SECRET=$UPSTREAM_SECRET RUST_LOG=warn NO
 GATE_PID=$!
 wait_for 20 "sessiongate /readyz" curl -sf "http://127.0.0.1:$ADMIN_PORT/readyz"
 RSS_START=$(rss_kb "$GATE_PID")
+CLIENT_PORTS=(--port "$GATE_PORT")
+if [ "$TWO" = 1 ]; then
+    log "second sessiongate on 127.0.0.1:$GATE2_PORT (admin $ADMIN2_PORT); local_cache = $LOCAL_CACHE on both"
+    SESSION_SECRET=$SECRET SESSION_UPSTREAM_SECRET=$UPSTREAM_SECRET RUST_LOG=warn NO_COLOR=1 \
+        "$BIN" -c "$TMP/soak2.toml" > "$TMP/sessiongate2.log" 2>&1 &
+    GATE2_PID=$!
+    wait_for 20 "second sessiongate /readyz" curl -sf "http://127.0.0.1:$ADMIN2_PORT/readyz"
+    CLIENT_PORTS+=(--port2 "$GATE2_PORT")
+fi
 
 SECONDS_TOTAL=$(python3 -c "print(int(float('$MINUTES') * 60))")
 END=$(( $(date +%s) + SECONDS_TOTAL ))
@@ -184,7 +210,7 @@ LOOP_PID=$!
 
 log "client: $THREADS threads x $PER_THREAD sessions for $MINUTES min; Redis restarts every 60 s"
 RSS_SAMPLES="$RSS_START"
-python3 "$HERE/client.py" --port "$GATE_PORT" --seconds "$SECONDS_TOTAL" \
+python3 "$HERE/client.py" "${CLIENT_PORTS[@]}" --seconds "$SECONDS_TOTAL" \
     --threads "$THREADS" --sessions-per-thread "$PER_THREAD" --out "$TMP/client.json" &
 CLIENT_PID=$!
 while kill -0 "$CLIENT_PID" 2>/dev/null; do
@@ -200,6 +226,10 @@ stop_pid "$LOOP_PID"; LOOP_PID=""
 
 ALIVE=yes
 kill -0 "$GATE_PID" 2>/dev/null || ALIVE=no
+if [ "$TWO" = 1 ]; then
+    kill -0 "$GATE2_PID" 2>/dev/null || ALIVE=no
+    curl -sf "http://127.0.0.1:$ADMIN2_PORT/metrics" > "$TMP/metrics2.txt" || true
+fi
 RSS_END=$(rss_kb "$GATE_PID")
 sleep 5
 RSS_IDLE=$(rss_kb "$GATE_PID")
@@ -232,6 +262,12 @@ PY
 echo "sessiongate metrics:"
 grep -E '^sessiongate_(requests_total|session_lookups_total|sessions_created_total|sessions_destroyed_total|upstream_errors_total)' \
     "$TMP/metrics.txt" | sed 's/^/  /' || true
+if [ "$TWO" = 1 ]; then
+    for m in "$TMP/metrics.txt" "$TMP/metrics2.txt"; do
+        echo "$(basename "$m" .txt) read path:"
+        grep -E '^sessiongate_(local_cache_[a-z]+_total|session_touches_total)' "$m" | sed 's/^/  /' || true
+    done
+fi
 echo "sessiongate log: $(wc -l < "$TMP/sessiongate.log") lines at RUST_LOG=warn; most frequent:"
 sed -E 's/\x1b\[[0-9;]*m//g; s/^[^ ]+ +//; s/[0-9]+(\.[0-9]+)?(ms|s|µs)?/N/g' "$TMP/sessiongate.log" | cut -c1-160 \
     | sort | uniq -c | sort -rn | head -8 | sed 's/^/  /'

@@ -178,6 +178,10 @@ pub struct StoreSettings {
     pub sentinel: Vec<String>,
     /// The master name the Sentinels monitor.
     pub sentinel_master: String,
+    /// Redis: how often at most a read extends a session's expiry (resolved: never 0).
+    pub touch_interval: Duration,
+    /// Redis: sessions kept in this proxy's memory; 0 = no local cache.
+    pub local_cache: usize,
 }
 
 /// Validated `[forward]`.

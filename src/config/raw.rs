@@ -179,6 +179,10 @@ pub struct RawStore {
     pub sentinel: Vec<String>,
     /// The master name the Sentinels monitor.
     pub sentinel_master: String,
+    /// Redis: extend a session's expiry at most this often; 0 = max(1, ttl_sec / 100).
+    pub touch_interval_sec: u64,
+    /// Redis: sessions kept in this proxy's memory, kept exact by client tracking; 0 = off.
+    pub local_cache: usize,
 }
 
 impl Default for RawStore {
@@ -193,6 +197,8 @@ impl Default for RawStore {
             require_on_start: false,
             sentinel: Vec::new(),
             sentinel_master: "mymaster".into(),
+            touch_interval_sec: 0,
+            local_cache: 0,
         }
     }
 }

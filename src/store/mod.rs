@@ -7,8 +7,10 @@
 //!
 //! - Keys are session IDs. An entry is a [`Record`] and has an expiry.
 //! - [`load`](SessionStore::load) returns `Ok(None)` for an ID that is missing, expired,
-//!   evicted or deleted, and otherwise returns the record *and* moves its expiry to
-//!   `ttl` from now (the sliding idle timeout) in the same operation.
+//!   evicted or deleted, and otherwise returns the record *and* slides its expiry (the
+//!   idle timeout): the memory store moves it to `ttl` from now; the Redis store keeps it
+//!   at least `ttl - store.touch_interval_sec` from now, extending it at most once per
+//!   interval (SPEC §15), so that a read is not a write.
 //! - [`create`](SessionStore::create) writes only when the ID is absent (`SET NX`) and
 //!   says whether it did; a collision is never an overwrite.
 //! - [`replace`](SessionStore::replace) writes only when the entry still holds exactly
@@ -92,7 +94,7 @@ pub enum Cas {
 
 /// The store contract; see the [module docs](self).
 pub trait SessionStore: Send + Sync + 'static {
-    /// The record for `id`, sliding its expiry to `ttl` from now; `None` when absent.
+    /// The record for `id`, sliding its expiry (see the module docs); `None` when absent.
     fn load(
         &self,
         id: &SessionId,

@@ -108,7 +108,7 @@ impl Validator<'_> {
         let server = self.server(server)?;
         let session = self.session(session)?;
         let cookie = self.cookie(cookie, &session.cookie_name)?;
-        let store = self.store(store)?;
+        let store = self.store(store, session.ttl_sec)?;
         let forward = self.forward(forward)?;
         let csrf = self.csrf(csrf)?;
         Ok(Config {

@@ -6,8 +6,9 @@ use super::Validator;
 use crate::config::{ConfigError, RawStore, StoreKind, StoreSettings};
 
 impl Validator<'_> {
-    /// Checks `[store]`; Redis URLs only when `kind = "redis"`.
-    pub(super) fn store(&self, raw: RawStore) -> Result<StoreSettings, ConfigError> {
+    /// Checks `[store]`; Redis URLs only when `kind = "redis"`. `ttl_sec` is
+    /// `session.ttl_sec`, which `touch_interval_sec` must stay below.
+    pub(super) fn store(&self, raw: RawStore, ttl_sec: u64) -> Result<StoreSettings, ConfigError> {
         if raw.max_sessions == 0 {
             return Err(self.err("store.max_sessions", "must be greater than 0"));
         }
@@ -40,6 +41,26 @@ impl Validator<'_> {
                 check(&format!("store.sentinel[{i}]"), url)?;
             }
         }
+        let touch_interval = self.touch_interval(&raw, ttl_sec)?;
+        if raw.local_cache > 0 && raw.kind != StoreKind::Redis {
+            return Err(self.err(
+                "store.local_cache",
+                "applies to kind = \"redis\" only; the memory store needs no cache",
+            ));
+        }
+        if raw.local_cache > 0 && !raw.sentinel.is_empty() {
+            return Err(self.err(
+                "store.local_cache",
+                "cannot be combined with store.sentinel yet (the tracking connection does not \
+                 follow a failover); use local_cache = 0 with Sentinel",
+            ));
+        }
+        if raw.local_cache > MAX_LOCAL_CACHE {
+            return Err(self.err(
+                "store.local_cache",
+                format!("must be at most {MAX_LOCAL_CACHE}, got {}", raw.local_cache),
+            ));
+        }
         Ok(StoreSettings {
             kind: raw.kind,
             max_sessions: raw.max_sessions,
@@ -50,6 +71,8 @@ impl Validator<'_> {
             require_on_start: raw.require_on_start,
             sentinel: raw.sentinel,
             sentinel_master: raw.sentinel_master,
+            touch_interval,
+            local_cache: raw.local_cache,
         })
     }
 
@@ -86,10 +109,42 @@ impl Validator<'_> {
         }
         Ok(())
     }
+
+    /// `store.touch_interval_sec`, resolved: 0 means max(1, ttl_sec / 100). It must stay
+    /// below `ttl_sec`, or "valid until t + ttl_sec - touch_interval_sec" (SPEC §15) would
+    /// promise nothing.
+    fn touch_interval(&self, raw: &RawStore, ttl_sec: u64) -> Result<Duration, ConfigError> {
+        let key = "store.touch_interval_sec";
+        if raw.touch_interval_sec > 0 && raw.kind != StoreKind::Redis {
+            return Err(self.err(
+                key,
+                "applies to kind = \"redis\" only; the memory store slides on every read",
+            ));
+        }
+        if raw.touch_interval_sec > 0 && raw.touch_interval_sec >= ttl_sec {
+            return Err(self.err(
+                key,
+                format!(
+                    "must be less than session.ttl_sec ({ttl_sec}), got {}",
+                    raw.touch_interval_sec
+                ),
+            ));
+        }
+        let secs = match raw.touch_interval_sec {
+            0 => (ttl_sec / 100).max(1),
+            n => n,
+        };
+        Ok(Duration::from_secs(secs))
+    }
 }
+
+/// The largest `store.local_cache`: the cache's table is allocated up front.
+const MAX_LOCAL_CACHE: usize = 10_000_000;
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use crate::config::tests::{MIN, parse_str};
 
     #[test]
@@ -154,5 +209,62 @@ mod tests {
             let err = parse_str(&format!("{MIN}[store]\nkind = \"redis\"\n{store}")).unwrap_err();
             assert!(err.starts_with(want), "{err}");
         }
+    }
+
+    #[test]
+    fn touch_interval_defaults_to_a_hundredth_of_the_ttl_and_at_least_one_second() {
+        let redis = |extra: &str| {
+            parse_str(&format!(
+                "{MIN}[session]\nttl_sec = 86400\n[store]\nkind = \"redis\"\n{extra}"
+            ))
+            .unwrap()
+            .store
+        };
+        assert_eq!(redis("").touch_interval, Duration::from_secs(864));
+        assert_eq!(
+            redis("touch_interval_sec = 30\nlocal_cache = 5000\n").touch_interval,
+            Duration::from_secs(30)
+        );
+        assert_eq!(redis("local_cache = 5000\n").local_cache, 5000);
+        let short = parse_str(&format!("{MIN}[session]\nttl_sec = 50\n"))
+            .unwrap()
+            .store;
+        assert_eq!(short.touch_interval, Duration::from_secs(1));
+        assert_eq!(short.local_cache, 0);
+    }
+
+    #[test]
+    fn touch_interval_and_local_cache_are_checked() {
+        let err = parse_str(&format!(
+            "{MIN}[session]\nttl_sec = 60\n[store]\nkind = \"redis\"\ntouch_interval_sec = 60\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.starts_with(
+                "proxy.toml:7:22: store.touch_interval_sec: must be less than session.ttl_sec (60), got 60"
+            ),
+            "{err}"
+        );
+        let err = parse_str(&format!("{MIN}[store]\nlocal_cache = 10\n")).unwrap_err();
+        assert!(
+            err.starts_with("proxy.toml:4:15: store.local_cache: applies to kind = \"redis\" only"),
+            "{err}"
+        );
+        let err = parse_str(&format!(
+            "{MIN}[store]\nkind = \"redis\"\nsentinel = [\"redis://s:26379\"]\nlocal_cache = 10\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.starts_with("proxy.toml:6:15: store.local_cache: cannot be combined with store.sentinel"),
+            "{err}"
+        );
+        let err = parse_str(&format!(
+            "{MIN}[store]\nkind = \"redis\"\nlocal_cache = 10000001\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.starts_with("proxy.toml:5:15: store.local_cache: must be at most 10000000"),
+            "{err}"
+        );
     }
 }

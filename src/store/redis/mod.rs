@@ -7,15 +7,16 @@
 //! Sessions are stored sealed ([`seal`](super::seal), SPEC §14): the key is
 //! `session.namespace` followed by the [`KeyHash`] of the ID (SHA-256 of its text, 43
 //! characters of base64url), e.g. `session:6oZqdX5M…`, never the ID; the value is the
-//! record in format 2: version and timestamps in clear, the data encrypted and
-//! authenticated with AES-256-GCM under a key derived from the ID. Every write sets an
-//! expiry of `ttl` in whole seconds (rounded up, at least 1).
+//! record in format 3: version and timestamps in clear, the data encrypted and
+//! authenticated with ChaCha20-Poly1305 under a key derived from the ID. Every write sets an
+//! expiry of `ttl` in whole seconds (rounded up, at least 1), and stamps the record's
+//! `touched` with the time of the write.
 //!
 //! # One round trip per operation
 //!
 //! | operation | command |
 //! |---|---|
-//! | [`load`](SessionStore::load) | `GETEX key EX ttl` (Redis 6.2 or later) |
+//! | [`load`](SessionStore::load) | `GET key`; when the touch is due, also `EVALSHA` of the touch script (below) |
 //! | [`create`](SessionStore::create) | `SET key value NX EX ttl` |
 //! | [`replace`](SessionStore::replace) | `EVALSHA` of a compare-and-set script: `GET`; nil -> gone, another header -> changed, else `SET key new EX ttl` |
 //! | [`delete`](SessionStore::delete) | `DEL key` |
@@ -26,6 +27,11 @@
 //! stored value with the header of `expected` ([`SessionKeys::header`]): the same record
 //! seals to other bytes on every write, and the header is what stays equal (see
 //! [`seal`](super::seal)).
+//!
+//! # Reads (SPEC §15)
+//!
+//! A read is one `GET`; its expiry is extended at most once per `store.touch_interval_sec`,
+//! and with `store.local_cache` it may be served from memory: see `reads.rs`.
 //!
 //! # Connections and failures
 //!
@@ -50,6 +56,7 @@
 //! a masked copy of its URLs for display.
 
 use std::future::Future;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -59,9 +66,11 @@ use redis::{RedisError, Value};
 
 use self::conn::{Conn, Slot, mask_password};
 use self::sentinel::Sentinel;
+use self::reads::TOUCH_SCRIPT;
 use super::seal::{KEY_HASH_TEXT_LEN, KeyHash, SessionKeys};
 use super::{Cas, SessionStore, StoreError};
 use crate::config::StoreSettings;
+use crate::metrics::RedisReadMetrics;
 use crate::session::{Record, SessionId};
 
 /// Compare-and-set: `KEYS[1]` = key, `ARGV` = expected header, new value, TTL seconds.
@@ -107,6 +116,13 @@ struct Inner {
     /// The URL(s) with any password masked: the only form ever displayed.
     shown: String,
     cas: redis::Script,
+    touch: redis::Script,
+    /// Whole seconds between touches of one session (at least 1).
+    touch_interval: u64,
+    /// The local cache and what starts its tracking (taken on first use), when on.
+    cache: reads::LocalCacheSetup,
+    tracking_started: AtomicBool,
+    metrics: RedisReadMetrics,
 }
 
 enum Target {
@@ -127,6 +143,11 @@ impl std::fmt::Debug for RedisStore {
             .field("target", &self.inner.shown)
             .field("namespace", &self.inner.namespace)
             .field("timeout", &self.inner.timeout)
+            .field("touch_interval_sec", &self.inner.touch_interval)
+            .field(
+                "local_cache",
+                &self.inner.cache.as_ref().map(|(c, _)| c.len()),
+            )
             .field("connected", &self.lock().conn.is_some())
             .finish()
     }
@@ -184,6 +205,8 @@ impl RedisStore {
             Target::Cluster(client)
         };
         let shown = Self::describe(settings);
+        let metrics = RedisReadMetrics::default();
+        let cache = reads::local_cache_for(settings, &target, namespace, &metrics)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 target,
@@ -193,6 +216,11 @@ impl RedisStore {
                 timeout,
                 shown,
                 cas: redis::Script::new(CAS_SCRIPT),
+                touch: redis::Script::new(TOUCH_SCRIPT),
+                touch_interval: settings.touch_interval.as_secs().max(1),
+                cache,
+                tracking_started: AtomicBool::new(false),
+                metrics,
             }),
         })
     }
@@ -339,12 +367,13 @@ fn ttl_secs(ttl: Duration) -> u64 {
     secs.max(1)
 }
 
-/// Opens a stored value of the session `keys` belong to.
-fn open(keys: &SessionKeys, value: Vec<u8>) -> Result<Record, StoreError> {
-    keys.open(value).map_err(|reason| StoreError::Corrupt {
-        key_hash: Box::new(*keys.key_hash()),
-        reason,
-    })
+/// Opens a stored value of the session `keys` belong to, with its `touched`.
+fn open(keys: &SessionKeys, value: Vec<u8>) -> Result<(Record, u64), StoreError> {
+    keys.open_touched(value)
+        .map_err(|reason| StoreError::Corrupt {
+            key_hash: Box::new(*keys.key_hash()),
+            reason,
+        })
 }
 
 /// An answer the command never gives, as a store error.
@@ -363,15 +392,7 @@ fn unexpected(what: &'static str, v: &Value) -> StoreError {
 
 impl SessionStore for RedisStore {
     async fn load(&self, id: &SessionId, ttl: Duration) -> Result<Option<Record>, StoreError> {
-        let keys = SessionKeys::derive(id);
-        let mut cmd = redis::cmd("GETEX");
-        cmd.arg(self.key_at(keys.key_hash()))
-            .arg("EX")
-            .arg(ttl_secs(ttl));
-        let value: Option<Vec<u8>> = self
-            .run(|mut conn| async move { cmd.query_async(&mut conn).await.map_err(unavailable) })
-            .await?;
-        value.map(|bytes| open(&keys, bytes)).transpose()
+        self.read(id, ttl).await
     }
 
     async fn create(
@@ -412,10 +433,11 @@ impl SessionStore for RedisStore {
         let new = keys.seal(new);
         let secs = ttl_secs(ttl);
         let script = &self.inner.cas;
-        let value: Value = self
+        let target = &key;
+        let result: Result<Value, StoreError> = self
             .run(|mut conn| async move {
                 script
-                    .key(&key)
+                    .key(target)
                     .arg(&expected[..])
                     .arg(new)
                     .arg(secs)
@@ -423,23 +445,29 @@ impl SessionStore for RedisStore {
                     .await
                     .map_err(unavailable)
             })
-            .await?;
-        match value {
+            .await;
+        // Also after a failure: a write that timed out may still be applied.
+        self.written(&key);
+        match result? {
             Value::Int(0) => Ok(Cas::Gone),
             Value::Int(1) => Ok(Cas::Applied),
-            Value::BulkString(current) => Ok(Cas::Changed(open(&keys, current)?)),
+            Value::BulkString(current) => Ok(Cas::Changed(open(&keys, current)?.0)),
             other => Err(unexpected("the compare-and-set script", &other)),
         }
     }
 
     async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
+        let key = self.key(id);
         let mut cmd = redis::cmd("DEL");
-        cmd.arg(self.key(id));
-        self.run(|mut conn| async move {
-            let _removed: i64 = cmd.query_async(&mut conn).await.map_err(unavailable)?;
-            Ok(())
-        })
-        .await
+        cmd.arg(&key);
+        let result = self
+            .run(|mut conn| async move {
+                let _removed: i64 = cmd.query_async(&mut conn).await.map_err(unavailable)?;
+                Ok(())
+            })
+            .await;
+        self.written(&key);
+        result
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -454,7 +482,10 @@ impl SessionStore for RedisStore {
     }
 }
 
+mod cache;
 mod conn;
 mod sentinel;
+mod reads;
 #[cfg(test)]
 mod tests;
+mod tracking;

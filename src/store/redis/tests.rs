@@ -13,6 +13,8 @@ fn settings(url: &str, cluster: &[&str]) -> StoreSettings {
         require_on_start: false,
         sentinel: Vec::new(),
         sentinel_master: "mymaster".into(),
+        touch_interval: Duration::from_secs(1),
+        local_cache: 0,
     }
 }
 
@@ -66,7 +68,7 @@ fn debug_and_target_never_show_the_password() {
 fn a_value_that_does_not_open_is_corrupt_and_named_by_its_key_hash() {
     let keys = SessionKeys::derive(&SessionId::random());
     let rec = Record::new(r#"{"a":"é"}"#.into(), 5);
-    assert_eq!(open(&keys, keys.seal(&rec)).unwrap(), rec);
+    assert_eq!(open(&keys, keys.seal_touched(&rec, 7)).unwrap(), (rec, 7));
     let err = open(&keys, b"not a record".to_vec()).unwrap_err();
     let StoreError::Corrupt { key_hash, .. } = &err else {
         panic!("{err:?}")

@@ -8,14 +8,15 @@
 //! characters of the session ID, as 43 characters of base64url without padding. Nothing in
 //! it can be turned back into the ID, and so into a cookie.
 //!
-//! # Value (format 2)
+//! # Value (format 3)
 //!
 //! | bytes | field | |
 //! |---|---|---|
-//! | 1 | format version, `2` | clear |
-//! | 8 | `created`, Unix seconds, big-endian | clear |
-//! | 8 | `cookie_sent`, Unix seconds, big-endian | clear |
-//! | 16 | digest: HMAC-SHA256 of the data under the session's digest key, first 16 bytes | clear |
+//! | 1 | format version, `3` | clear, authenticated |
+//! | 8 | `created`, Unix seconds, big-endian | clear, authenticated |
+//! | 8 | `cookie_sent`, Unix seconds, big-endian | clear, authenticated |
+//! | 16 | digest: HMAC-SHA256 of the data under the session's digest key, first 16 bytes | clear, authenticated |
+//! | 8 | `touched`, Unix seconds, big-endian: when the entry's expiry was last set | clear |
 //! | 12 | nonce, fresh from the OS random source on every write | clear |
 //! | n | the session data (its JSON text), encrypted with ChaCha20-Poly1305 | sealed |
 //! | 16 | the Poly1305 tag | |
@@ -25,9 +26,16 @@
 //! the value failing to open, and a value copied under another session's key fails too
 //! (its key hash, and its key, differ). A value that fails to open, or has another format
 //! version, is [`CorruptRecord`]; the store reports it and the proxy treats it as no session.
-//! A new clear field (a last-use time, a user index) goes into the header and a new format
-//! version: it is then authenticated, and compared by the compare-and-set below, without
-//! any further step.
+//! A new clear field (a user index) goes into the header and a new format version: it is
+//! then authenticated, and compared by the compare-and-set below, without any further step.
+//!
+//! `touched` (format 3) is the one field outside the header, and so neither authenticated
+//! nor compared: the Redis store's touch script rewrites it in place (`SETRANGE`) when it
+//! extends the expiry, which no script could do under the AEAD. It is a scheduling hint
+//! only (when to extend the expiry next, see the Redis store): whoever can change it in Redis
+//! can as well change or remove the expiry itself, so it gives that party nothing new.
+//! Format 2 values (the same without `touched`) are refused like any other version: after
+//! an upgrade from a version that wrote them, their sessions start again.
 //!
 //! # Keys
 //!
@@ -91,7 +99,7 @@ use sha2::{Digest, Sha256};
 use crate::session::{Record, SessionId};
 
 /// The format version this module writes and reads.
-pub const FORMAT_VERSION: u8 = 2;
+pub const FORMAT_VERSION: u8 = 3;
 /// HKDF-Expand label of the AEAD key.
 const SEAL_LABEL: &[u8] = b"sessiongate/v2/seal";
 /// HKDF-Expand label of the digest key.
@@ -100,10 +108,13 @@ const DIGEST_LABEL: &[u8] = b"sessiongate/v2/cas";
 const DIGEST_LEN: usize = 16;
 /// Bytes of the clear header: version, `created`, `cookie_sent`, digest.
 pub const HEADER_LEN: usize = 1 + 8 + 8 + DIGEST_LEN;
+/// Offset of `touched` (8 bytes, after the header), for the store's touch script.
+pub const TOUCHED_AT: usize = HEADER_LEN;
+const TOUCHED_LEN: usize = 8;
 const NONCE_LEN: usize = aead::NONCE_LEN;
 const TAG_LEN: usize = 16;
 /// Bytes a sealed value adds to the session data.
-pub const OVERHEAD: usize = HEADER_LEN + NONCE_LEN + TAG_LEN;
+pub const OVERHEAD: usize = HEADER_LEN + TOUCHED_LEN + NONCE_LEN + TAG_LEN;
 /// Bytes of a SHA-256 output.
 const HASH_LEN: usize = 32;
 /// Characters of a key hash as base64url without padding.
@@ -233,15 +244,25 @@ impl SessionKeys {
         header(self.digest_key(), rec)
     }
 
-    /// `rec` as a format 2 value, sealed under a fresh nonce.
+    /// `rec` as a format 3 value touched now, sealed under a fresh nonce.
     ///
     /// # Panics
     /// When the OS random source fails, which no supported platform does.
     pub fn seal(&self, rec: &Record) -> Vec<u8> {
+        self.seal_touched(rec, crate::session::unix_now())
+    }
+
+    /// `rec` as a format 3 value whose `touched` is `touched` (Unix seconds), sealed under a
+    /// fresh nonce.
+    ///
+    /// # Panics
+    /// When the OS random source fails, which no supported platform does.
+    pub fn seal_touched(&self, rec: &Record, touched: u64) -> Vec<u8> {
         let header = self.header(rec);
         let nonce = fresh_nonce();
         let mut out = Vec::with_capacity(OVERHEAD + rec.data.len());
         out.extend_from_slice(&header);
+        out.extend_from_slice(&touched.to_be_bytes());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(rec.data.as_bytes());
         let tag = self
@@ -249,7 +270,7 @@ impl SessionKeys {
             .seal_in_place_separate_tag(
                 aead::Nonce::assume_unique_for_key(nonce),
                 aead::Aad::from(self.aad(&header)),
-                &mut out[HEADER_LEN + NONCE_LEN..],
+                &mut out[HEADER_LEN + TOUCHED_LEN + NONCE_LEN..],
             )
             .expect("session data is far below ChaCha20-Poly1305's 256 GiB limit");
         out.extend_from_slice(tag.as_ref());
@@ -259,8 +280,17 @@ impl SessionKeys {
     /// Opens a value [`seal`](Self::seal) wrote for this session (decrypting in place).
     ///
     /// # Errors
-    /// When `value` is not a format 2 value sealed under this session's key and key hash.
-    pub fn open(&self, mut value: Vec<u8>) -> Result<Record, CorruptRecord> {
+    /// When `value` is not a format 3 value sealed under this session's key and key hash.
+    pub fn open(&self, value: Vec<u8>) -> Result<Record, CorruptRecord> {
+        self.open_touched(value).map(|(rec, _)| rec)
+    }
+
+    /// Like [`open`](Self::open), also returning `touched` (Unix seconds), which is not
+    /// authenticated (see the module docs).
+    ///
+    /// # Errors
+    /// When `value` is not a format 3 value sealed under this session's key and key hash.
+    pub fn open_touched(&self, mut value: Vec<u8>) -> Result<(Record, u64), CorruptRecord> {
         match value.first() {
             Some(&FORMAT_VERSION) => {}
             Some(b'{') => return Err(CorruptRecord::Plain),
@@ -272,6 +302,8 @@ impl SessionKeys {
         }
         let (header, rest) = value.split_at_mut(HEADER_LEN);
         let header: &[u8; HEADER_LEN] = (&*header).try_into().expect("split at HEADER_LEN");
+        let (touched, rest) = rest.split_at_mut(TOUCHED_LEN);
+        let touched = be_u64(touched);
         let (nonce, sealed) = rest.split_at_mut(NONCE_LEN);
         let nonce = aead::Nonce::try_assume_unique_for_key(nonce).expect("split at NONCE_LEN");
         let plain = self
@@ -279,11 +311,12 @@ impl SessionKeys {
             .open_in_place(nonce, aead::Aad::from(self.aad(header)), sealed)
             .map_err(|_| CorruptRecord::Unauthentic)?;
         let data = std::str::from_utf8(plain).map_err(|_| CorruptRecord::NotUtf8)?;
-        Ok(Record {
+        let rec = Record {
             created: be_u64(&header[1..9]),
             cookie_sent: be_u64(&header[9..17]),
             data: Arc::from(data),
-        })
+        };
+        Ok((rec, touched))
     }
 
     /// The associated data: the key hash, then the header.

@@ -19,7 +19,7 @@ fn unhex(text: &str) -> Vec<u8> {
 
 /// A value built by another implementation of the format above (Python's hashlib and
 /// hmac for SHA-256 and HKDF-Expand, the `cryptography` package's ChaCha20Poly1305) for
-/// the ID whose bytes are 0, 1, ..., 31 and the nonce 100, 101, ..., 111.
+/// the ID whose bytes are 0, 1, ..., 31, `touched` 1700000200 and the nonce 100, 101, ..., 111.
 #[test]
 fn opens_a_value_sealed_by_another_implementation() {
     let id: SessionId = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"
@@ -35,15 +35,16 @@ fn opens_a_value_sealed_by_another_implementation() {
         "6oZqdX5MOLq_qBJ8vppAnT4fk6AP8UiP9zX8-Rev_9A"
     );
     let want = rec(r#"{"userId":1,"name":"alice"}"#);
-    let header = "02000000006553f100000000006553f164af263c6045baec435c88619e036cacfe";
+    let header = "03000000006553f100000000006553f164af263c6045baec435c88619e036cacfe";
     assert_eq!(keys.header(&want).to_vec(), unhex(header));
     let value = unhex(concat!(
-        "02000000006553f100000000006553f164af263c6045baec435c88619e036cacfe",
+        "03000000006553f100000000006553f164af263c6045baec435c88619e036cacfe",
+        "000000006553f1c8",
         "6465666768696a6b6c6d6e6f",
         "6253ea67cc5dcc094d19cf4bab97fb1d8239fea43cfd1fc0f042b3",
-        "2eb07d402cef82667da536655676bba6",
+        "71cb1e031fcc0ba1bde0a2285fd8aa09",
     ));
-    assert_eq!(keys.open(value).unwrap(), want);
+    assert_eq!(keys.open_touched(value).unwrap(), (want, 1_700_000_200));
 }
 
 /// RFC 5869 Appendix A.3 (SHA-256, no info): the first 32 bytes of OKM from its PRK.
@@ -113,14 +114,39 @@ fn a_value_under_another_sessions_key_fails() {
 }
 
 #[test]
-fn every_single_bit_flip_fails() {
+fn every_single_bit_flip_outside_touched_fails() {
     let keys = SessionKeys::derive(&SessionId::random());
-    let sealed = keys.seal(&rec(r#"{"userId":1}"#));
+    let r = rec(r#"{"userId":1}"#);
+    let sealed = keys.seal(&r);
+    let touched = TOUCHED_AT * 8..(TOUCHED_AT + 8) * 8;
     for bit in 0..sealed.len() * 8 {
         let mut bad = sealed.clone();
         bad[bit / 8] ^= 1 << (bit % 8);
-        assert!(keys.open(bad).is_err(), "bit {bit} flipped and it opened");
+        if touched.contains(&bit) {
+            // The one clear field the touch script rewrites: the record is unchanged.
+            assert_eq!(keys.open(bad).unwrap(), r, "bit {bit} of touched");
+        } else {
+            assert!(keys.open(bad).is_err(), "bit {bit} flipped and it opened");
+        }
     }
+}
+
+#[test]
+fn touched_is_stored_in_clear_after_the_header() {
+    let keys = SessionKeys::derive(&SessionId::random());
+    let r = rec("{}");
+    let mut sealed = keys.seal_touched(&r, 1_700_000_000);
+    assert_eq!(
+        sealed[TOUCHED_AT..TOUCHED_AT + 8],
+        1_700_000_000u64.to_be_bytes()
+    );
+    assert_eq!(
+        keys.open_touched(sealed.clone()).unwrap(),
+        (r.clone(), 1_700_000_000)
+    );
+    // What the touch script does: rewrite the field in place; the value still opens.
+    sealed[TOUCHED_AT..TOUCHED_AT + 8].copy_from_slice(&1_700_000_500u64.to_be_bytes());
+    assert_eq!(keys.open_touched(sealed).unwrap(), (r, 1_700_000_500));
 }
 
 #[test]
@@ -128,9 +154,12 @@ fn other_formats_and_short_values_are_refused() {
     let keys = SessionKeys::derive(&SessionId::random());
     let v1 = br#"{"v":1,"created":0,"cookie_sent":0,"data":{}}"#.to_vec();
     assert_eq!(keys.open(v1), Err(CorruptRecord::Plain));
-    let mut v3 = keys.seal(&rec("{}"));
-    v3[0] = 3;
-    assert_eq!(keys.open(v3), Err(CorruptRecord::Version(3)));
+    let mut v2 = keys.seal(&rec("{}"));
+    v2[0] = 2;
+    assert_eq!(keys.open(v2), Err(CorruptRecord::Version(2)));
+    let mut v4 = keys.seal(&rec("{}"));
+    v4[0] = 4;
+    assert_eq!(keys.open(v4), Err(CorruptRecord::Version(4)));
     assert_eq!(keys.open(Vec::new()), Err(CorruptRecord::Truncated(0)));
     let sealed = keys.seal(&rec(""));
     assert_eq!(sealed.len(), OVERHEAD);
@@ -138,8 +167,8 @@ fn other_formats_and_short_values_are_refused() {
         keys.open(sealed[..OVERHEAD - 1].to_vec()),
         Err(CorruptRecord::Truncated(OVERHEAD - 1))
     );
-    let msg = CorruptRecord::Version(3).to_string();
-    assert!(msg.contains("unknown format version 3"), "{msg}");
+    let msg = CorruptRecord::Version(4).to_string();
+    assert!(msg.contains("unknown format version 4"), "{msg}");
 }
 
 #[test]
@@ -180,7 +209,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     #[test]
-    fn sealed_records_round_trip_and_no_bit_flip_opens(
+    fn sealed_records_round_trip_and_no_bit_flip_outside_touched_opens(
         data in data(),
         created in any::<u64>(),
         cookie_sent in any::<u64>(),
@@ -190,7 +219,9 @@ proptest! {
         let r = Record { created, cookie_sent, data: Arc::from(data.as_str()) };
         let sealed = keys.seal(&r);
         prop_assert_eq!(keys.open(sealed.clone()).unwrap(), r);
-        let bit = flip.index(sealed.len() * 8);
+        // Any bit but those of `touched` (bytes 33..41, not authenticated).
+        let bit = flip.index((sealed.len() - 8) * 8);
+        let bit = if bit >= TOUCHED_AT * 8 { bit + 64 } else { bit };
         let mut bad = sealed;
         bad[bit / 8] ^= 1 << (bit % 8);
         prop_assert!(keys.open(bad).is_err(), "bit {} flipped and it opened", bit);

@@ -1,0 +1,344 @@
+//! Invalidation tracking for the local cache (SPEC §15): one background task per store
+//! keeps a RESP3 connection to every Redis node with
+//! `CLIENT TRACKING ON BCAST PREFIX <namespace>` and applies the `invalidate` pushes those
+//! connections receive to the [`LocalCache`].
+//!
+//! # Why broadcast mode on connections of their own
+//!
+//! In broadcast mode Redis reports every write to a key under the prefix, whoever made it
+//! and whoever read it, so the store's reads stay on its ordinary connection (the
+//! `ConnectionManager`, or the cluster connection with its redirects) and need no tracking
+//! state there; the tracking connections only receive. The price is that each proxy hears
+//! of every session write (creates, updates, touches), not only of the sessions it holds:
+//! a few dozen bytes per write, and writes are what touch throttling makes rare. Redis keeps
+//! no per-key table for broadcast clients either.
+//!
+//! With a Redis Cluster, there is one tracking connection per node (primaries and
+//! replicas, from `CLUSTER SLOTS`), since each node reports only its own keys; a replica
+//! reports the writes it replicates, so a failover to it loses nothing. The node set is
+//! checked every second, and a change (a node added, removed or moved) starts a new
+//! tracking session.
+//!
+//! # When the cache may serve
+//!
+//! A session is *live* once every connection has tracking on. The pushes are applied by the
+//! connection's reader itself (a push sender closure, no channel or task hop), in order with
+//! everything else that connection reads. When a connection reports that it closed, the
+//! same closure empties the cache before anything is served from it again. Every second
+//! each connection is also sent a `PING` (bounded by `store.timeout_ms`): a connection that
+//! went silent without closing (a host gone, a partition) is then noticed within about one
+//! second plus the timeout, and the cache emptied. Then the task connects again, with a
+//! growing pause between failed attempts; meanwhile every read goes to Redis.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{
+    AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, ProtocolVersion, PushInfo, PushKind,
+    RedisError, Value,
+};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use super::cache::LocalCache;
+
+/// How often each tracking connection is pinged, and a cluster's nodes listed.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// Smallest and largest pause between attempts to start tracking.
+const RETRY_MIN: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+/// The name the tracking connections carry in `CLIENT LIST`.
+pub(super) const CLIENT_NAME: &str = "sessiongate-tracking";
+
+/// Where the nodes are.
+#[derive(Clone)]
+pub(super) enum Nodes {
+    /// One server.
+    Single(Box<ConnectionInfo>),
+    /// A cluster, found through these seeds.
+    Cluster(Vec<ConnectionInfo>),
+}
+
+/// What the task needs; built when the store opens, run on first use.
+pub(super) struct Tracker {
+    pub(super) nodes: Nodes,
+    pub(super) prefix: Box<str>,
+    pub(super) timeout: Duration,
+}
+
+/// One set of tracking connections, alive until one of them drops.
+struct Session {
+    conns: Vec<MultiplexedConnection>,
+    /// The cluster's node set when it started (empty for one server).
+    topology: BTreeSet<(String, u16)>,
+    /// Signalled by a connection that closed.
+    dropped: Arc<Notify>,
+}
+
+impl Tracker {
+    /// Runs until the cache is dropped (its store is gone).
+    pub(super) async fn run(self, cache: Weak<LocalCache>) {
+        let mut number = 0u64;
+        let mut pause = RETRY_MIN;
+        loop {
+            number += 1;
+            {
+                let Some(cache) = cache.upgrade() else { return };
+                cache.begin(number);
+            }
+            match self.start(&cache, number).await {
+                Ok(session) => {
+                    let Some(live) = cache.upgrade().map(|c| c.go_live(number)) else {
+                        return;
+                    };
+                    if live {
+                        info!(
+                            nodes = session.conns.len(),
+                            "local cache: invalidation tracking on; serving from the cache"
+                        );
+                        pause = RETRY_MIN;
+                        let why = self.watch(&cache, &session).await;
+                        warn!(
+                            reason = why,
+                            "local cache: invalidation tracking lost; cache emptied, reading from Redis until it is back"
+                        );
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "local cache: could not start invalidation tracking; reading from Redis");
+                }
+            }
+            match cache.upgrade() {
+                Some(c) => c.drop_session(number),
+                None => return,
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(RETRY_MAX);
+        }
+    }
+
+    /// Connects to every node and turns tracking on.
+    async fn start(&self, cache: &Weak<LocalCache>, number: u64) -> Result<Session, RedisError> {
+        let dropped = Arc::new(Notify::new());
+        let (infos, topology) = match &self.nodes {
+            Nodes::Single(info) => (vec![(**info).clone()], BTreeSet::new()),
+            Nodes::Cluster(seeds) => {
+                let topology = self.cluster_nodes(seeds).await?;
+                let seed = &seeds[0];
+                let infos = topology
+                    .iter()
+                    .map(|(host, port)| at(seed, host.clone(), *port))
+                    .collect();
+                (infos, topology)
+            }
+        };
+        let mut conns = Vec::with_capacity(infos.len());
+        for info in infos {
+            conns.push(self.connect(info, cache, number, &dropped).await?);
+        }
+        Ok(Session {
+            conns,
+            topology,
+            dropped,
+        })
+    }
+
+    /// A RESP3 connection whose pushes go to the cache, with tracking on.
+    async fn connect(
+        &self,
+        info: ConnectionInfo,
+        cache: &Weak<LocalCache>,
+        number: u64,
+        dropped: &Arc<Notify>,
+    ) -> Result<MultiplexedConnection, RedisError> {
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(settings))?;
+        let (cache, dropped) = (cache.clone(), dropped.clone());
+        let sender = move |push: PushInfo| -> Result<(), ()> {
+            let Some(cache) = cache.upgrade() else {
+                return Err(());
+            };
+            apply(&cache, number, &dropped, push);
+            Ok(())
+        };
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_push_sender(sender);
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(CLIENT_NAME)
+            .exec_async(&mut conn)
+            .await?;
+        let mut on = redis::cmd("CLIENT");
+        on.arg("TRACKING").arg("ON").arg("BCAST");
+        if !self.prefix.is_empty() {
+            on.arg("PREFIX").arg(&*self.prefix);
+        }
+        on.exec_async(&mut conn).await?;
+        Ok(conn)
+    }
+
+    /// Every node of the cluster (primaries and replicas), from the first seed that answers.
+    async fn cluster_nodes(
+        &self,
+        seeds: &[ConnectionInfo],
+    ) -> Result<BTreeSet<(String, u16)>, RedisError> {
+        let mut last = None;
+        for seed in seeds {
+            let attempt = async {
+                let client = redis::Client::open(seed.clone())?;
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.timeout))
+                    .set_response_timeout(Some(self.timeout));
+                let mut conn = client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
+                slots_nodes(&mut conn, seed).await
+            };
+            match attempt.await {
+                Ok(nodes) => return Ok(nodes),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            RedisError::from((redis::ErrorKind::Client, "no cluster seed configured"))
+        }))
+    }
+
+    /// Waits until a connection drops, fails a health check, or (cluster) the node set
+    /// changes; returns why.
+    async fn watch(&self, cache: &Weak<LocalCache>, session: &Session) -> &'static str {
+        loop {
+            tokio::select! {
+                () = session.dropped.notified() => return "a tracking connection closed",
+                () = tokio::time::sleep(HEALTH_INTERVAL) => {}
+            }
+            if cache.strong_count() == 0 {
+                return "the store was dropped";
+            }
+            for conn in &session.conns {
+                let mut conn = conn.clone();
+                let ping = redis::cmd("PING");
+                let answer =
+                    tokio::time::timeout(self.timeout, ping.query_async::<Value>(&mut conn));
+                if !matches!(answer.await, Ok(Ok(_))) {
+                    return "a tracking connection did not answer PING";
+                }
+            }
+            if let (Nodes::Cluster(seeds), Some(first)) = (&self.nodes, session.conns.first()) {
+                let mut conn = first.clone();
+                match tokio::time::timeout(self.timeout, slots_nodes(&mut conn, &seeds[0])).await {
+                    Ok(Ok(nodes)) if nodes == session.topology => {}
+                    Ok(Ok(_)) => return "the cluster's nodes changed",
+                    _ => return "CLUSTER SLOTS failed",
+                }
+            }
+        }
+    }
+}
+
+/// Applies one push from a connection of tracking session `number`.
+fn apply(cache: &LocalCache, number: u64, dropped: &Notify, push: PushInfo) {
+    match push.kind {
+        PushKind::Invalidate => match push.data.first() {
+            Some(Value::Array(keys)) => {
+                for key in keys {
+                    if let Value::BulkString(key) = key
+                        && let Ok(key) = std::str::from_utf8(key)
+                    {
+                        cache.invalidate(key);
+                    }
+                }
+            }
+            // FLUSHALL / FLUSHDB: a null instead of the keys.
+            _ => cache.invalidate_all(),
+        },
+        PushKind::Disconnection => {
+            cache.drop_session(number);
+            dropped.notify_one();
+        }
+        _ => {}
+    }
+}
+
+/// The nodes `CLUSTER SLOTS` lists (primaries and replicas); an empty host means the node
+/// that answered.
+async fn slots_nodes(
+    conn: &mut MultiplexedConnection,
+    asked: &ConnectionInfo,
+) -> Result<BTreeSet<(String, u16)>, RedisError> {
+    let slots: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await?;
+    let asked_host = match asked.addr() {
+        ConnectionAddr::Tcp(host, _) | ConnectionAddr::TcpTls { host, .. } => host.clone(),
+        _ => String::new(),
+    };
+    let mut nodes = BTreeSet::new();
+    let Value::Array(ranges) = slots else {
+        return Err(RedisError::from((
+            redis::ErrorKind::Parse,
+            "CLUSTER SLOTS did not answer an array",
+        )));
+    };
+    for range in ranges {
+        let Value::Array(parts) = range else { continue };
+        for node in parts.into_iter().skip(2) {
+            let Value::Array(fields) = node else { continue };
+            let host = match fields.first() {
+                Some(Value::BulkString(h)) => String::from_utf8_lossy(h).into_owned(),
+                Some(Value::SimpleString(h)) => h.clone(),
+                _ => continue,
+            };
+            let Some(Value::Int(port)) = fields.get(1) else {
+                continue;
+            };
+            let Ok(port) = u16::try_from(*port) else {
+                continue;
+            };
+            let host = if host.is_empty() || host == "?" {
+                asked_host.clone()
+            } else {
+                host
+            };
+            nodes.insert((host, port));
+        }
+    }
+    if nodes.is_empty() {
+        return Err(RedisError::from((
+            redis::ErrorKind::Parse,
+            "CLUSTER SLOTS listed no node",
+        )));
+    }
+    Ok(nodes)
+}
+
+/// `seed`'s settings (credentials, TLS) for the node at `host:port`.
+fn at(seed: &ConnectionInfo, host: String, port: u16) -> ConnectionInfo {
+    let addr = match seed.addr() {
+        ConnectionAddr::TcpTls {
+            insecure,
+            tls_params,
+            ..
+        } => ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure: *insecure,
+            tls_params: tls_params.clone(),
+        },
+        _ => ConnectionAddr::Tcp(host, port),
+    };
+    seed.clone().set_addr(addr)
+}
+
+/// Starts `tracker` for `cache` on the current runtime.
+pub(super) fn spawn(tracker: Tracker, cache: &Arc<LocalCache>) {
+    tokio::spawn(tracker.run(Arc::downgrade(cache)));
+}
