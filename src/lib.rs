@@ -35,6 +35,7 @@ pub mod fs;
 pub mod metrics;
 pub mod protocol;
 pub mod proxy;
+pub mod route;
 pub mod secrets;
 pub mod server;
 pub mod session;

@@ -165,6 +165,7 @@ fn rec(data: &str) -> Record {
         created: 1_700_000_000,
         cookie_sent: 1_700_000_100,
         data: data.into(),
+        auth_time: None,
     }
 }
 

@@ -6,7 +6,10 @@ use std::sync::{Arc, LazyLock};
 
 use libfuzzer_sys::fuzz_target;
 use sessiongate::session::{Record, SessionId};
-use sessiongate::store::seal::{CorruptRecord, FORMAT_VERSION, HEADER_LEN, OVERHEAD, SessionKeys};
+use sessiongate::store::seal::{
+    CorruptRecord, FORMAT_V2, FORMAT_V3, HEADER_LEN_V2, HEADER_LEN_V3, NONCE_AND_TAG_LEN,
+    SessionKeys,
+};
 
 /// The session the stored values belong to: the ID whose bytes are 0, 1, ..., 31 (the
 /// committed seeds hold values sealed for it).
@@ -24,10 +27,17 @@ fn reference(value: &[u8]) -> CorruptRecord {
     match value.first() {
         None => CorruptRecord::Truncated(0),
         Some(b'{') => CorruptRecord::Plain,
-        Some(&v) if v != FORMAT_VERSION => CorruptRecord::Version(v),
-        Some(_) if value.len() < OVERHEAD => CorruptRecord::Truncated(value.len()),
+        Some(&v) if v != FORMAT_V2 && v != FORMAT_V3 => CorruptRecord::Version(v),
+        Some(&v) if value.len() < header_len(v) + NONCE_AND_TAG_LEN => {
+            CorruptRecord::Truncated(value.len())
+        }
         Some(_) => CorruptRecord::Unauthentic,
     }
+}
+
+/// The header length of format `v` (2 or 3).
+fn header_len(v: u8) -> usize {
+    if v == FORMAT_V3 { HEADER_LEN_V3 } else { HEADER_LEN_V2 }
 }
 
 /// Arbitrary bytes as a stored value of `KEYS`' session.
@@ -36,8 +46,9 @@ fn check_decode(value: &[u8]) {
         // Only a value sealed for this session opens (the seeds hold some); what it opens
         // to must be exactly what was sealed: the header and the length agree with it.
         Ok(rec) => {
-            assert_eq!(value.len(), OVERHEAD + rec.data.len());
-            assert_eq!(value[..HEADER_LEN], KEYS.header(&rec));
+            let header = KEYS.header(&rec);
+            assert_eq!(value.len(), header.len() + NONCE_AND_TAG_LEN + rec.data.len());
+            assert_eq!(value[..header.len()], *header);
             assert_eq!(
                 OTHER.open(value.to_vec()),
                 Err(CorruptRecord::Unauthentic),
@@ -49,7 +60,8 @@ fn check_decode(value: &[u8]) {
 }
 
 /// Bytes 0..8 `created`, 8..16 `cookie_sent`, 16..18 a position, 18 an XOR mask, 19 a length
-/// change (high bit: append, else cut), the rest the data (lossy UTF-8).
+/// change (high bit: append, else cut), the rest the data (lossy UTF-8). The record has an
+/// `auth_time` (format 3), `created` + `cookie_sent`, when `created` is odd.
 fn check_round_trip(input: &[u8]) {
     if input.len() < 20 {
         return;
@@ -59,10 +71,12 @@ fn check_round_trip(input: &[u8]) {
         created: u64_at(0),
         cookie_sent: u64_at(8),
         data: Arc::from(String::from_utf8_lossy(&input[20..]).as_ref()),
+        auth_time: (u64_at(0) % 2 == 1).then(|| u64_at(0).wrapping_add(u64_at(8))),
     };
     let sealed = KEYS.seal(&rec);
-    assert_eq!(sealed.len(), OVERHEAD + rec.data.len());
-    assert_eq!(sealed[..HEADER_LEN], KEYS.header(&rec));
+    let header = KEYS.header(&rec);
+    assert_eq!(sealed.len(), header.len() + NONCE_AND_TAG_LEN + rec.data.len());
+    assert_eq!(sealed[..header.len()], *header);
     assert_eq!(KEYS.open(sealed.clone()), Ok(rec.clone()));
     assert_eq!(OTHER.open(sealed.clone()), Err(CorruptRecord::Unauthentic));
 

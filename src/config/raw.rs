@@ -20,6 +20,8 @@ pub struct RawConfig {
     pub forward: RawForward,
     /// `[log]`
     pub log: RawLog,
+    /// `[[route]]` (SPEC §11)
+    pub route: Vec<RawRoute>,
 }
 
 /// `[server]`
@@ -50,6 +52,8 @@ pub struct RawServer {
     pub upstream_ca: String,
     /// `[server.tls]`
     pub tls: Option<RawTls>,
+    /// Match route prefixes case-insensitively (SPEC §11).
+    pub case_insensitive_paths: bool,
 }
 
 impl Default for RawServer {
@@ -67,6 +71,7 @@ impl Default for RawServer {
             shutdown_grace_ms: 30_000,
             upstream_ca: String::new(),
             tls: None,
+            case_insensitive_paths: false,
         }
     }
 }
@@ -247,6 +252,63 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// `[[route]]` (SPEC §11): one path prefix's upstream and session policy.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRoute {
+    /// The path prefix (required, starts with "/").
+    pub prefix: String,
+    /// "" = `server.upstream`; else another application's URL.
+    pub upstream: String,
+    /// What the route asks of the session.
+    pub session: RouteSession,
+    /// Where a browser without a session is sent; `{return_to}` = the original path.
+    pub login_url: String,
+    /// Top-level session fields that must equal (or, for arrays, contain) the value.
+    pub require: std::collections::BTreeMap<String, serde_json::Value>,
+    /// The session's last X-Session-Set must be at most this old; 0 = no limit.
+    pub max_auth_age_sec: u64,
+    /// The cross-origin check of `[csrf]` applies on this route.
+    pub csrf: bool,
+}
+
+impl Default for RawRoute {
+    fn default() -> Self {
+        Self {
+            prefix: String::new(),
+            upstream: String::new(),
+            session: RouteSession::Optional,
+            login_url: String::new(),
+            require: Default::default(),
+            max_auth_age_sec: 0,
+            csrf: true,
+        }
+    }
+}
+
+/// `route.session`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteSession {
+    /// As without routes: the session is used when there is one.
+    Optional,
+    /// No request reaches the upstream without a session that meets the route's policy.
+    Required,
+    /// No session at all: the cookie is not read, the store not touched.
+    Off,
+}
+
+impl RouteSession {
+    /// The TOML spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteSession::Optional => "optional",
+            RouteSession::Required => "required",
+            RouteSession::Off => "off",
+        }
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! the dotted key and points at its value in the file when the value is there.
 
 mod forward;
+mod routes;
 mod server;
 mod session;
 mod store;
@@ -57,17 +58,23 @@ impl Validator<'_> {
     }
 
     /// The span of the value at dotted `key` (a trailing `[i]` picks an array element, a
-    /// trailing `{name}` picks a table key), from the parsed document.
+    /// trailing `{name}` picks a table key; `name[i]` before a dot steps into the i-th
+    /// table of an array of tables, e.g. `route[2].prefix`), from the parsed document.
     fn span_of(&self, key: &str) -> Option<Range<usize>> {
         use toml::de::{DeTable, DeValue};
         let doc = DeTable::parse(self.text).ok()?;
-        let (key, pick) = match key.find(['[', '{']) {
-            Some(i) => (&key[..i], Some(&key[i..])),
+        let last_dot = key.rfind('.').map_or(0, |i| i + 1);
+        let (key, pick) = match key[last_dot..].find(['[', '{']) {
+            Some(i) => (&key[..last_dot + i], Some(&key[last_dot + i..])),
             None => (key, None),
         };
         let mut table = doc.get_ref();
         let mut parts = key.split('.').peekable();
         while let Some(part) = parts.next() {
+            let (part, index) = match part.split_once('[') {
+                Some((name, i)) => (name, Some(i.trim_end_matches(']').parse::<usize>().ok()?)),
+                None => (part, None),
+            };
             let (k, v) = table.iter().find(|(k, _)| k.get_ref().as_ref() == part)?;
             if parts.peek().is_none() {
                 return match (pick, v.get_ref()) {
@@ -85,6 +92,11 @@ impl Validator<'_> {
                     _ => Some(k.span()),
                 };
             }
+            let v = match (index, v.get_ref()) {
+                (None, _) => v,
+                (Some(i), DeValue::Array(items)) => items.get(i)?,
+                _ => return None,
+            };
             match v.get_ref() {
                 DeValue::Table(t) => table = t,
                 _ => return None,
@@ -102,12 +114,15 @@ impl Validator<'_> {
             store,
             forward,
             log,
+            route,
         } = raw;
-        let server = self.server(server)?;
+        let https_routes = route.iter().any(|r| r.upstream.starts_with("https:"));
+        let server = self.server(server, https_routes)?;
         let session = self.session(session)?;
         let cookie = self.cookie(cookie, &session.cookie_name)?;
         let store = self.store(store)?;
         let forward = self.forward(forward)?;
+        let routes = self.routes(route, &server)?;
         Ok(Config {
             path: self.path.to_owned(),
             server,
@@ -116,6 +131,7 @@ impl Validator<'_> {
             store,
             forward,
             log: log.format,
+            routes,
         })
     }
 }

@@ -8,26 +8,33 @@
 //! characters of the session ID, as 43 characters of base64url without padding. Nothing in
 //! it can be turned back into the ID, and so into a cookie.
 //!
-//! # Value (format 2)
+//! # Value (formats 2 and 3)
 //!
 //! | bytes | field | |
 //! |---|---|---|
-//! | 1 | format version, `2` | clear |
+//! | 1 | format version, `2` or `3` | clear |
 //! | 8 | `created`, Unix seconds, big-endian | clear |
 //! | 8 | `cookie_sent`, Unix seconds, big-endian | clear |
+//! | 8 | format 3 only: `auth_time`, Unix seconds of the last `X-Session-Set`, big-endian | clear |
 //! | 16 | digest: HMAC-SHA256 of the data under the session's digest key, first 16 bytes | clear |
 //! | 12 | nonce, fresh from the OS random source on every write | clear |
 //! | n | the session data (its JSON text), encrypted with ChaCha20-Poly1305 | sealed |
 //! | 16 | the Poly1305 tag | |
 //!
-//! The first four fields are the *header*. The associated data of the AEAD is the 32 raw
-//! bytes of the key hash followed by the header: the clear fields cannot be changed without
-//! the value failing to open, and a value copied under another session's key fails too
-//! (its key hash, and its key, differ). A value that fails to open, or has another format
-//! version, is [`CorruptRecord`]; the store reports it and the proxy treats it as no session.
-//! A new clear field (a last-use time, a user index) goes into the header and a new format
-//! version: it is then authenticated, and compared by the compare-and-set below, without
-//! any further step.
+//! A record with an `auth_time` (SPEC §11) is written as format 3, one without as format
+//! 2, exactly as before `auth_time` existed: so values written by an older version still
+//! open, compare and update, and a record's header (below) is one function of the record.
+//! An older version refuses a format 3 value as no session (a user who logged in on a
+//! newer proxy and is then served by an older one logs in again).
+//!
+//! The first fields up to the digest are the *header*. The associated data of the AEAD is
+//! the 32 raw bytes of the key hash followed by the header: the clear fields cannot be
+//! changed without the value failing to open, and a value copied under another session's
+//! key fails too (its key hash, and its key, differ). A value that fails to open, or has
+//! another format version, is [`CorruptRecord`]; the store reports it and the proxy treats
+//! it as no session. A new clear field goes into the header and a new format version: it
+//! is then authenticated, and compared by the compare-and-set below, without any further
+//! step.
 //!
 //! # Keys
 //!
@@ -90,20 +97,24 @@ use sha2::{Digest, Sha256};
 
 use crate::session::{Record, SessionId};
 
-/// The format version this module writes and reads.
-pub const FORMAT_VERSION: u8 = 2;
+/// The format of a record without `auth_time`.
+pub const FORMAT_V2: u8 = 2;
+/// The format of a record with `auth_time`.
+pub const FORMAT_V3: u8 = 3;
 /// HKDF-Expand label of the AEAD key.
 const SEAL_LABEL: &[u8] = b"sessiongate/v2/seal";
 /// HKDF-Expand label of the digest key.
 const DIGEST_LABEL: &[u8] = b"sessiongate/v2/cas";
 /// Bytes of the truncated HMAC-SHA256 digest in the header.
 const DIGEST_LEN: usize = 16;
-/// Bytes of the clear header: version, `created`, `cookie_sent`, digest.
-pub const HEADER_LEN: usize = 1 + 8 + 8 + DIGEST_LEN;
+/// Bytes of the clear header of format 2: version, `created`, `cookie_sent`, digest.
+pub const HEADER_LEN_V2: usize = 1 + 8 + 8 + DIGEST_LEN;
+/// Bytes of the clear header of format 3: format 2's and `auth_time`.
+pub const HEADER_LEN_V3: usize = HEADER_LEN_V2 + 8;
 const NONCE_LEN: usize = aead::NONCE_LEN;
 const TAG_LEN: usize = 16;
-/// Bytes a sealed value adds to the session data.
-pub const OVERHEAD: usize = HEADER_LEN + NONCE_LEN + TAG_LEN;
+/// Bytes a sealed value adds to the header and the session data.
+pub const NONCE_AND_TAG_LEN: usize = NONCE_LEN + TAG_LEN;
 /// Bytes of a SHA-256 output.
 const HASH_LEN: usize = 32;
 /// Characters of a key hash as base64url without padding.
@@ -123,7 +134,7 @@ pub enum CorruptRecord {
     #[error("a clear-text record of format 1 (written before sealing), which this version refuses")]
     Plain,
     /// A format version this version does not read.
-    #[error("unknown format version {0} (this version reads {FORMAT_VERSION})")]
+    #[error("unknown format version {0} (this version reads {FORMAT_V2} and {FORMAT_V3})")]
     Version(u8),
     /// The AEAD refused it: altered in Redis, moved from another key, or not ours.
     #[error("failed authentication (altered, or moved from another key)")]
@@ -229,18 +240,19 @@ impl SessionKeys {
     }
 
     /// The clear header `rec` is stored with: what the compare-and-set compares.
-    pub fn header(&self, rec: &Record) -> [u8; HEADER_LEN] {
+    pub fn header(&self, rec: &Record) -> Header {
         header(self.digest_key(), rec)
     }
 
-    /// `rec` as a format 2 value, sealed under a fresh nonce.
+    /// `rec` as a format 2 value (format 3 when it has an `auth_time`), sealed under a
+    /// fresh nonce.
     ///
     /// # Panics
     /// When the OS random source fails, which no supported platform does.
     pub fn seal(&self, rec: &Record) -> Vec<u8> {
         let header = self.header(rec);
         let nonce = fresh_nonce();
-        let mut out = Vec::with_capacity(OVERHEAD + rec.data.len());
+        let mut out = Vec::with_capacity(header.len() + NONCE_AND_TAG_LEN + rec.data.len());
         out.extend_from_slice(&header);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(rec.data.as_bytes());
@@ -249,7 +261,7 @@ impl SessionKeys {
             .seal_in_place_separate_tag(
                 aead::Nonce::assume_unique_for_key(nonce),
                 aead::Aad::from(self.aad(&header)),
-                &mut out[HEADER_LEN + NONCE_LEN..],
+                &mut out[header.len() + NONCE_LEN..],
             )
             .expect("session data is far below ChaCha20-Poly1305's 256 GiB limit");
         out.extend_from_slice(tag.as_ref());
@@ -259,19 +271,21 @@ impl SessionKeys {
     /// Opens a value [`seal`](Self::seal) wrote for this session (decrypting in place).
     ///
     /// # Errors
-    /// When `value` is not a format 2 value sealed under this session's key and key hash.
+    /// When `value` is not a format 2 or 3 value sealed under this session's key and key
+    /// hash.
     pub fn open(&self, mut value: Vec<u8>) -> Result<Record, CorruptRecord> {
-        match value.first() {
-            Some(&FORMAT_VERSION) => {}
+        let header_len = match value.first() {
+            Some(&FORMAT_V2) => HEADER_LEN_V2,
+            Some(&FORMAT_V3) => HEADER_LEN_V3,
             Some(b'{') => return Err(CorruptRecord::Plain),
             Some(&other) => return Err(CorruptRecord::Version(other)),
             None => return Err(CorruptRecord::Truncated(0)),
-        }
-        if value.len() < OVERHEAD {
+        };
+        if value.len() < header_len + NONCE_AND_TAG_LEN {
             return Err(CorruptRecord::Truncated(value.len()));
         }
-        let (header, rest) = value.split_at_mut(HEADER_LEN);
-        let header: &[u8; HEADER_LEN] = (&*header).try_into().expect("split at HEADER_LEN");
+        let (header, rest) = value.split_at_mut(header_len);
+        let header = &*header;
         let (nonce, sealed) = rest.split_at_mut(NONCE_LEN);
         let nonce = aead::Nonce::try_assume_unique_for_key(nonce).expect("split at NONCE_LEN");
         let plain = self
@@ -283,29 +297,64 @@ impl SessionKeys {
             created: be_u64(&header[1..9]),
             cookie_sent: be_u64(&header[9..17]),
             data: Arc::from(data),
+            auth_time: (header_len == HEADER_LEN_V3).then(|| be_u64(&header[17..25])),
         })
     }
 
     /// The associated data: the key hash, then the header.
-    fn aad(&self, header: &[u8; HEADER_LEN]) -> [u8; HASH_LEN + HEADER_LEN] {
-        let mut aad = [0u8; HASH_LEN + HEADER_LEN];
-        aad[..HASH_LEN].copy_from_slice(&self.hash.raw);
-        aad[HASH_LEN..].copy_from_slice(header);
+    fn aad(&self, header: &[u8]) -> Vec<u8> {
+        let mut aad = Vec::with_capacity(HASH_LEN + header.len());
+        aad.extend_from_slice(&self.hash.raw);
+        aad.extend_from_slice(header);
         aad
     }
 }
 
-fn header(digest_key: HmacSha256, rec: &Record) -> [u8; HEADER_LEN] {
-    let mut header = [0u8; HEADER_LEN];
-    header[0] = FORMAT_VERSION;
-    header[1..9].copy_from_slice(&rec.created.to_be_bytes());
-    header[9..17].copy_from_slice(&rec.cookie_sent.to_be_bytes());
+/// The clear header of a sealed value (format 2 or 3), on the stack.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    bytes: [u8; HEADER_LEN_V3],
+    len: usize,
+}
+
+impl std::ops::Deref for Header {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl fmt::Debug for Header {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Header({:02x?})", &**self)
+    }
+}
+
+fn header(digest_key: HmacSha256, rec: &Record) -> Header {
+    let mut bytes = [0u8; HEADER_LEN_V3];
+    bytes[1..9].copy_from_slice(&rec.created.to_be_bytes());
+    bytes[9..17].copy_from_slice(&rec.cookie_sent.to_be_bytes());
+    let digest_at = match rec.auth_time {
+        None => {
+            bytes[0] = FORMAT_V2;
+            17
+        }
+        Some(t) => {
+            bytes[0] = FORMAT_V3;
+            bytes[17..25].copy_from_slice(&t.to_be_bytes());
+            25
+        }
+    };
     let tag = digest_key
         .chain_update(rec.data.as_bytes())
         .finalize()
         .into_bytes();
-    header[17..].copy_from_slice(&tag[..DIGEST_LEN]);
-    header
+    bytes[digest_at..digest_at + DIGEST_LEN].copy_from_slice(&tag[..DIGEST_LEN]);
+    Header {
+        bytes,
+        len: digest_at + DIGEST_LEN,
+    }
 }
 
 /// 12 bytes from the OS random source, never handed out twice. The OS is asked for 32

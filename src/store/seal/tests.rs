@@ -7,6 +7,15 @@ fn rec(data: &str) -> Record {
         created: 1_700_000_000,
         cookie_sent: 1_700_000_100,
         data: Arc::from(data),
+        auth_time: None,
+    }
+}
+
+/// `rec(data)` as after an X-Session-Set: sealed as format 3.
+fn rec_set(data: &str) -> Record {
+    Record {
+        auth_time: Some(1_700_000_050),
+        ..rec(data)
     }
 }
 
@@ -69,14 +78,19 @@ fn nonces_do_not_repeat_across_refills() {
 #[test]
 fn seal_round_trips_with_a_fresh_nonce_and_the_same_header() {
     let keys = SessionKeys::derive(&SessionId::random());
-    let r = rec(r#"{"name":"Zoë 名前 🚀"}"#);
-    let (one, two) = (keys.seal(&r), keys.seal(&r));
-    assert_ne!(one, two, "a nonce was reused");
-    assert_eq!(one[..HEADER_LEN], two[..HEADER_LEN]);
-    assert_eq!(one[..HEADER_LEN], keys.header(&r));
-    assert_eq!(one.len(), OVERHEAD + r.data.len());
-    assert_eq!(keys.open(one).unwrap(), r);
-    assert_eq!(keys.open(two).unwrap(), r);
+    for (r, header_len) in [
+        (rec(r#"{"name":"Zoë 名前 🚀"}"#), HEADER_LEN_V2),
+        (rec_set(r#"{"name":"Zoë 名前 🚀"}"#), HEADER_LEN_V3),
+    ] {
+        let (one, two) = (keys.seal(&r), keys.seal(&r));
+        assert_ne!(one, two, "a nonce was reused");
+        assert_eq!(keys.header(&r).len(), header_len);
+        assert_eq!(one[..header_len], two[..header_len]);
+        assert_eq!(one[..header_len], *keys.header(&r));
+        assert_eq!(one.len(), header_len + NONCE_AND_TAG_LEN + r.data.len());
+        assert_eq!(keys.open(one).unwrap(), r);
+        assert_eq!(keys.open(two).unwrap(), r);
+    }
     let empty = rec("");
     assert_eq!(keys.open(keys.seal(&empty)).unwrap(), empty);
 }
@@ -93,6 +107,14 @@ fn headers_differ_when_any_field_differs() {
         },
         Record {
             cookie_sent: 1,
+            ..base.clone()
+        },
+        Record {
+            auth_time: Some(1),
+            ..base.clone()
+        },
+        Record {
+            auth_time: Some(2),
             ..base.clone()
         },
     ];
@@ -115,11 +137,13 @@ fn a_value_under_another_sessions_key_fails() {
 #[test]
 fn every_single_bit_flip_fails() {
     let keys = SessionKeys::derive(&SessionId::random());
-    let sealed = keys.seal(&rec(r#"{"userId":1}"#));
-    for bit in 0..sealed.len() * 8 {
-        let mut bad = sealed.clone();
-        bad[bit / 8] ^= 1 << (bit % 8);
-        assert!(keys.open(bad).is_err(), "bit {bit} flipped and it opened");
+    for r in [rec(r#"{"userId":1}"#), rec_set(r#"{"userId":1}"#)] {
+        let sealed = keys.seal(&r);
+        for bit in 0..sealed.len() * 8 {
+            let mut bad = sealed.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert!(keys.open(bad).is_err(), "bit {bit} flipped and it opened");
+        }
     }
 }
 
@@ -128,18 +152,28 @@ fn other_formats_and_short_values_are_refused() {
     let keys = SessionKeys::derive(&SessionId::random());
     let v1 = br#"{"v":1,"created":0,"cookie_sent":0,"data":{}}"#.to_vec();
     assert_eq!(keys.open(v1), Err(CorruptRecord::Plain));
-    let mut v3 = keys.seal(&rec("{}"));
-    v3[0] = 3;
-    assert_eq!(keys.open(v3), Err(CorruptRecord::Version(3)));
+    let mut v4 = keys.seal(&rec("{}"));
+    v4[0] = 4;
+    assert_eq!(keys.open(v4), Err(CorruptRecord::Version(4)));
+    // A format 2 value relabelled 3 (or back) does not open: the version is authenticated.
+    let mut relabelled = keys.seal(&rec("{}"));
+    relabelled[0] = FORMAT_V3;
+    assert!(keys.open(relabelled).is_err());
+    let mut relabelled = keys.seal(&rec_set("{}"));
+    relabelled[0] = FORMAT_V2;
+    assert!(keys.open(relabelled).is_err());
     assert_eq!(keys.open(Vec::new()), Err(CorruptRecord::Truncated(0)));
-    let sealed = keys.seal(&rec(""));
-    assert_eq!(sealed.len(), OVERHEAD);
-    assert_eq!(
-        keys.open(sealed[..OVERHEAD - 1].to_vec()),
-        Err(CorruptRecord::Truncated(OVERHEAD - 1))
-    );
-    let msg = CorruptRecord::Version(3).to_string();
-    assert!(msg.contains("unknown format version 3"), "{msg}");
+    for (r, header_len) in [(rec(""), HEADER_LEN_V2), (rec_set(""), HEADER_LEN_V3)] {
+        let smallest = header_len + NONCE_AND_TAG_LEN;
+        let sealed = keys.seal(&r);
+        assert_eq!(sealed.len(), smallest);
+        assert_eq!(
+            keys.open(sealed[..smallest - 1].to_vec()),
+            Err(CorruptRecord::Truncated(smallest - 1))
+        );
+    }
+    let msg = CorruptRecord::Version(4).to_string();
+    assert!(msg.contains("unknown format version 4"), "{msg}");
 }
 
 #[test]
@@ -184,10 +218,11 @@ proptest! {
         data in data(),
         created in any::<u64>(),
         cookie_sent in any::<u64>(),
+        auth_time in any::<Option<u64>>(),
         flip in any::<prop::sample::Index>(),
     ) {
         let keys = SessionKeys::derive(&SessionId::random());
-        let r = Record { created, cookie_sent, data: Arc::from(data.as_str()) };
+        let r = Record { created, cookie_sent, data: Arc::from(data.as_str()), auth_time };
         let sealed = keys.seal(&r);
         prop_assert_eq!(keys.open(sealed.clone()).unwrap(), r);
         let bit = flip.index(sealed.len() * 8);
