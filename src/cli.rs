@@ -125,6 +125,43 @@ pub fn warnings(config: &Config, secrets: &Secrets) -> Vec<String> {
     w
 }
 
+/// The route table (SPEC §11) in the order it is searched: longest prefix first, then
+/// the paths under no route.
+fn describe_routes(out: &mut String, config: &Config) {
+    let _ = writeln!(out, "[routes] (longest prefix first)");
+    let _ = writeln!(
+        out,
+        "case_insensitive_paths = {}",
+        config.server.case_insensitive_paths
+    );
+    for r in config.routes.routes() {
+        let upstream = r.upstream.as_ref().unwrap_or(&config.server.upstream);
+        let mut line = match &r.prefix {
+            Some(p) => format!("route {p:?} -> "),
+            None => "other paths -> ".to_owned(),
+        };
+        let _ = write!(
+            line,
+            "{}://{}, session = {}",
+            upstream.scheme,
+            upstream.authority,
+            r.session.as_str()
+        );
+        if !r.require.is_empty() {
+            let require: serde_json::Map<String, serde_json::Value> =
+                r.require.iter().cloned().collect();
+            let _ = write!(line, ", require = {}", serde_json::Value::Object(require));
+        }
+        if r.max_auth_age_sec > 0 {
+            let _ = write!(line, ", max_auth_age_sec = {}", r.max_auth_age_sec);
+        }
+        if let Some(url) = &r.login_url {
+            let _ = write!(line, ", login_url = {url:?}");
+        }
+        let _ = writeln!(out, "{line}, csrf = {}", r.csrf);
+    }
+}
+
 /// The resolved settings, as `check` prints them. Secrets appear only as their length.
 pub fn describe(config: &Config, secrets: &Secrets) -> String {
     let mut out = String::new();
@@ -205,6 +242,7 @@ pub fn describe(config: &Config, secrets: &Secrets) -> String {
     }
     let _ = writeln!(out, "[log]");
     let _ = writeln!(out, "format = {:?}", config.log);
+    describe_routes(&mut out, config);
     let _ = writeln!(out, "[secrets]");
     let _ = writeln!(
         out,

@@ -317,12 +317,19 @@ mod tests {
     use crate::config::tests::parse_str;
 
     #[test]
-    fn shipped_example_equals_the_defaults_except_secure() {
+    fn shipped_example_equals_the_defaults_except_secure_and_the_demo_route() {
         let text = include_str!("../../proxy.toml");
         let raw: RawConfig = toml::from_str(text).unwrap();
         let mut want = RawConfig::default();
         want.server.upstream = "http://127.0.0.1:3000".into();
         want.cookie.secure = false;
+        // The demo's /account page (src/bin/sessiongate-demo.rs) is behind a route.
+        want.route = vec![RawRoute {
+            prefix: "/account".into(),
+            session: RouteSession::Required,
+            login_url: "/login?return_to={return_to}".into(),
+            ..RawRoute::default()
+        }];
         assert_eq!(raw, want);
         parse_str(text).unwrap();
     }
