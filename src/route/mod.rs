@@ -1,6 +1,6 @@
 //! Routes (SPEC §11): per-path upstream and session policy.
 //!
-//! A request's path is normalized once ([`normalize`]); its matching key picks the route
+//! A request's path is normalized once ([`normalize()`]); its matching key picks the route
 //! with the longest prefix that matches on a segment boundary (`/admin` matches `/admin`,
 //! `/admin/` and `/admin/x`, never `/administrator`); a path under no route gets the
 //! default route (session optional, `server.upstream`, cross-origin check on). The
@@ -52,7 +52,7 @@ impl Route {
         }
     }
 
-    /// True when `key` (a matching key from [`normalize`]) is under this route's prefix.
+    /// True when `key` (a matching key from [`normalize()`]) is under this route's prefix.
     pub fn matches(&self, key: &str) -> bool {
         let Some(prefix) = &self.prefix else {
             return true;
