@@ -513,6 +513,38 @@ async fn replace_compares_records_not_their_sealed_bytes(fx: &Fixture) {
     assert_eq!(fx.opened(&id), Some(next));
 }
 
+async fn auth_time_round_trips_and_takes_part_in_the_compare(fx: &Fixture) {
+    // SPEC §11: a record that was Set keeps the time of that Set (Redis: format 3), one
+    // that was not has none (format 2, as before); the compare-and-set tells them apart.
+    let id = SessionId::random();
+    let plain = rec(r#"{"n":1}"#);
+    let set = Record {
+        auth_time: Some(1_700_000_050),
+        ..plain.clone()
+    };
+    assert!(fx.store.create(&id, &set, LONG).await.unwrap());
+    assert_eq!(fx.store.load(&id, LONG).await.unwrap(), Some(set.clone()));
+    if fx.is_redis() {
+        assert_eq!(fx.raw(&id).unwrap().unwrap()[0], 3, "format version");
+    }
+    assert_eq!(
+        fx.store.replace(&id, &plain, &plain, LONG).await.unwrap(),
+        Cas::Changed(set.clone())
+    );
+    assert_eq!(
+        fx.store.replace(&id, &set, &plain, LONG).await.unwrap(),
+        Cas::Applied
+    );
+    assert_eq!(fx.store.load(&id, LONG).await.unwrap(), Some(plain.clone()));
+    if fx.is_redis() {
+        assert_eq!(fx.raw(&id).unwrap().unwrap()[0], 2, "format version");
+    }
+    assert_eq!(
+        fx.store.replace(&id, &set, &set, LONG).await.unwrap(),
+        Cas::Changed(plain)
+    );
+}
+
 /// One test module per store, each running every case; a store may add cases of its own
 /// after a comma.
 macro_rules! store_conformance {
@@ -530,6 +562,7 @@ macro_rules! store_conformance {
                 load_slides_the_ttl,
                 expired_entry_loads_none,
                 records_round_trip_unicode_data,
+                auth_time_round_trips_and_takes_part_in_the_compare,
                 $($extra,)*
             );
         }
