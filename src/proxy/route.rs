@@ -65,7 +65,9 @@ impl Gate {
             (_, Some(q)) => {
                 Uri::try_from(format!("{}?{q}", n.forward)).map_err(|_| PathError::NotAbsolute)?
             }
-            (_, None) => Uri::try_from(n.forward).map_err(|_| PathError::NotAbsolute)?,
+            (_, None) => {
+                Uri::try_from(n.forward.into_owned()).map_err(|_| PathError::NotAbsolute)?
+            }
         };
         Ok(Target { route, uri })
     }

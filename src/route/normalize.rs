@@ -21,6 +21,8 @@
 //! The escapes are read by hand, because each one is handled on its own (decoded, kept
 //! or refused); the `percent-encoding` crate checks the fully decoded path for UTF-8.
 
+use std::borrow::Cow;
+
 use percent_encoding::percent_decode_str;
 
 /// Why a path is refused (answered with 400).
@@ -61,13 +63,13 @@ pub enum PathError {
     DotWithParams,
 }
 
-/// A path in normal form.
+/// A path in normal form; borrowed from the request when it already was (most are).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Normalized {
+pub struct Normalized<'a> {
     /// What the upstream receives (without the query).
-    pub forward: String,
+    pub forward: Cow<'a, str>,
     /// What route prefixes are matched against.
-    pub key: String,
+    pub key: Cow<'a, str>,
 }
 
 /// Normalizes the path of a request target (the query excluded). `*` (the asterisk form
@@ -75,13 +77,34 @@ pub struct Normalized {
 ///
 /// # Errors
 /// When the path is refused; see the [module docs](self).
-pub fn normalize(path: &str, case_insensitive: bool) -> Result<Normalized, PathError> {
+pub fn normalize(path: &str, case_insensitive: bool) -> Result<Normalized<'_>, PathError> {
     if path == "*" {
         return Ok(Normalized {
-            forward: "*".into(),
-            key: "/".into(),
+            forward: Cow::Borrowed("*"),
+            key: Cow::Borrowed("/"),
         });
     }
+    if is_normal(path) {
+        return Ok(borrowed(path, case_insensitive));
+    }
+    full(path, case_insensitive)
+}
+
+/// [`normalize()`] of a path that [`is_normal`]: itself, without a copy.
+fn borrowed(path: &str, case_insensitive: bool) -> Normalized<'_> {
+    let key = if case_insensitive && path.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(path.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(path)
+    };
+    Normalized {
+        forward: Cow::Borrowed(path),
+        key,
+    }
+}
+
+/// [`normalize()`] of any other path: decode, then remove dot and empty segments.
+fn full(path: &str, case_insensitive: bool) -> Result<Normalized<'static>, PathError> {
     let decoded = decode_unreserved(path)?;
     let rest = decoded.strip_prefix('/').ok_or(PathError::NotAbsolute)?;
 
@@ -123,7 +146,30 @@ pub fn normalize(path: &str, case_insensitive: bool) -> Result<Normalized, PathE
     if case_insensitive {
         key.make_ascii_lowercase();
     }
-    Ok(Normalized { forward, key })
+    Ok(Normalized {
+        forward: Cow::Owned(forward),
+        key: Cow::Owned(key),
+    })
+}
+
+/// True for a path that is its own normal form and matching key: absolute, printable
+/// ASCII without `%`, `\\` or `;`, no empty segment but a last one, and no dot segment.
+fn is_normal(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    let mut segments = rest.split('/').peekable();
+    path.bytes()
+        .all(|b| matches!(b, 0x21..=0x7e) && !matches!(b, b'%' | b'\\' | b';'))
+        && std::iter::from_fn(|| {
+            let segment = segments.next()?;
+            Some(match segment {
+                "" => segments.peek().is_none(),
+                "." | ".." => false,
+                _ => true,
+            })
+        })
+        .all(|ok| ok)
 }
 
 /// Decodes the escapes of unreserved characters, upper-cases the hex of the others, and
@@ -189,15 +235,15 @@ mod tests {
     use super::*;
 
     fn fwd(path: &str) -> String {
-        normalize(path, false).unwrap().forward
+        normalize(path, false).unwrap().forward.into_owned()
     }
 
     fn key(path: &str, ci: bool) -> String {
-        normalize(path, ci).unwrap().key
+        normalize(path, ci).unwrap().key.into_owned()
     }
 
     #[test]
-    fn plain_paths_are_unchanged() {
+    fn plain_paths_are_unchanged_and_borrowed() {
         for p in [
             "/",
             "/admin",
@@ -205,9 +251,19 @@ mod tests {
             "/a/b/c",
             "/a-b_c~d.e",
             "/x:y@z!$&'()*+,=",
+            "/.a/..b/",
         ] {
-            assert_eq!(fwd(p), p);
-            assert_eq!(key(p, false), p);
+            let n = normalize(p, false).unwrap();
+            assert!(matches!(n.forward, Cow::Borrowed(_)), "{p}");
+            assert!(matches!(n.key, Cow::Borrowed(_)), "{p}");
+            assert_eq!(n.forward, p);
+            assert_eq!(n.key, p);
+        }
+        // Each of these takes the full pass.
+        for p in [
+            "//a", "/a//", "/a/./b", "/a/..", "/.", "/a;b", "/%41", "/a\\b", "a",
+        ] {
+            assert!(!is_normal(p), "{p}");
         }
     }
 
@@ -262,10 +318,9 @@ mod tests {
     #[test]
     fn case_folds_the_key_only_when_asked() {
         let n = normalize("/ADMIN/X", true).unwrap();
-        assert_eq!(
-            (n.forward.as_str(), n.key.as_str()),
-            ("/ADMIN/X", "/admin/x")
-        );
+        assert_eq!((&*n.forward, &*n.key), ("/ADMIN/X", "/admin/x"));
+        let n = normalize("//ADMIN/./X", true).unwrap();
+        assert_eq!((&*n.forward, &*n.key), ("/ADMIN/X", "/admin/x"));
         assert_eq!(key("/ADMIN", false), "/ADMIN");
         // Escapes keep their (upper-case) hex; only the key is folded.
         assert_eq!(key("/%C3%A9", true), "/%c3%a9");
@@ -274,7 +329,7 @@ mod tests {
     #[test]
     fn asterisk_is_kept_and_matched_as_root() {
         let n = normalize("*", false).unwrap();
-        assert_eq!((n.forward.as_str(), n.key.as_str()), ("*", "/"));
+        assert_eq!((&*n.forward, &*n.key), ("*", "/"));
     }
 
     #[test]
@@ -315,6 +370,25 @@ mod tests {
         }
         assert_eq!(fwd("/100%25"), "/100%25");
         assert_eq!(fwd("/50%25off"), "/50%25off");
+    }
+
+    proptest::proptest! {
+        /// The shortcut for paths already in normal form agrees with the full pass, and
+        /// every normal form is a fixed point.
+        #[test]
+        fn the_shortcut_agrees_with_the_full_pass(
+            path in "/[/a-zA-Z.;~%0-9]{0,24}",
+            ci in proptest::bool::ANY,
+        ) {
+            if is_normal(&path) {
+                proptest::prop_assert_eq!(borrowed(&path, ci), full(&path, ci).unwrap());
+            }
+            if let Ok(n) = normalize(&path, ci) {
+                let again = normalize(&n.forward, ci).unwrap();
+                proptest::prop_assert_eq!(&again.forward, &n.forward);
+                proptest::prop_assert_eq!(&again.key, &n.key);
+            }
+        }
     }
 
     #[test]
