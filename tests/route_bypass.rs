@@ -131,7 +131,8 @@ async fn no_spelling_of_a_required_path_reaches_the_upstream_over_http1() {
     for (target, extra, want) in HTTP1 {
         let res = raw_get(gate.addr, target, extra).await;
         let got = status_of(&res);
-        report.push(format!("{got} {target:?} {}", extra.trim()));
+        let body = res.split_once("\r\n\r\n").map_or("", |(_, b)| b.trim_end());
+        report.push(format!("{got} {target:?} {} -> {body:?}", extra.trim()));
         assert_eq!(got, *want, "{target:?} {extra:?}:\n{res}");
         let head = res.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
         if got != 400 || head.contains("text/plain") {
