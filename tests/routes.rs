@@ -407,6 +407,17 @@ async fn a_second_upstream_has_its_own_pool_label_and_the_same_header_rules() {
     ] {
         assert!(text.contains(&series), "{series} not in\n{text}");
     }
+    // Framing: Content-Length with Transfer-Encoding smuggles nothing to it either.
+    let res = raw(
+        gate.addr,
+        b"POST /api/a HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /api/smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
+    )
+    .await;
+    assert!(res.starts_with("HTTP/1.1 200"), "{res}");
+    assert_eq!(res.matches("HTTP/1.1").count(), 1, "{res}");
+    assert_eq!(other.last().path, "/api/a");
+    assert!(other.last().header("content-length").is_none());
+    assert_eq!(other.count(), 4);
     gate.join().await;
 }
 
