@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{self, Config, StoreKind};
+use crate::config::{self, Config, RouteSession, StoreKind};
 use crate::secrets::{Env, ProcessEnv, Secrets};
 use crate::store::RedisStore;
 use crate::{server, signals, telemetry};
@@ -121,6 +121,18 @@ pub fn warnings(config: &Config, secrets: &Secrets) -> Vec<String> {
             "server.trusted_proxies contains a /0 network: every client can forge X-Forwarded-*"
                 .to_owned(),
         );
+    }
+    // A required route the cookie is never sent to could only ever answer 401.
+    let cookie_path = config.cookie.path.trim_end_matches('/');
+    for r in config.routes.routes() {
+        if let (RouteSession::Required, Some(prefix)) = (r.session, &r.prefix)
+            && !(prefix == cookie_path || prefix.starts_with(&format!("{cookie_path}/")))
+        {
+            w.push(format!(
+                "route {prefix:?} requires a session, but cookie.path = {:?} does not cover it: browsers never send the cookie there",
+                config.cookie.path
+            ));
+        }
     }
     w
 }

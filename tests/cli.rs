@@ -288,3 +288,33 @@ fn check_reports_route_errors_with_file_line_column() {
         eqnice!(format!("{}{want}\n", path.display()), stderr(&out));
     }
 }
+
+#[test]
+fn check_warns_about_a_required_route_the_cookie_never_reaches() {
+    let path = write(
+        "cookie-path.toml",
+        concat!(
+            "[server]\nupstream = \"http://127.0.0.1:3000\"\n",
+            "[cookie]\npath = \"/app\"\n",
+            "[[route]]\nprefix = \"/admin\"\nsession = \"required\"\n",
+            "[[route]]\nprefix = \"/app/account\"\nsession = \"required\"\n",
+        ),
+    );
+    let out = bin()
+        .arg("check")
+        .arg("-c")
+        .arg(&path)
+        .env("SESSION_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("warning: route"))
+        .collect();
+    eqnice!(
+        "warning: route \"/admin\" requires a session, but cookie.path = \"/app\" does not cover it: browsers never send the cookie there",
+        warnings.join("\n")
+    );
+}
