@@ -59,6 +59,8 @@ const HTTP1: &[(&str, &str, u16)] = &[
     ("/public/..;/admin", "", 400),
     ("/public/%2e%2e;/admin", "", 400),
     ("/.;/admin", "", 400),
+    ("/public/..%3B/admin", "", 400),
+    ("/public/..%3b;x/admin", "", 400),
     // Encoded separators.
     ("/public%2F..%2Fadmin", "", 400),
     ("/public/%2e%2e%2Fadmin", "", 400),
@@ -82,6 +84,7 @@ const HTTP1: &[(&str, &str, u16)] = &[
     // Double encoding.
     ("/public/%252e%252e/admin", "", 400),
     ("/%2561dmin", "", 400),
+    ("/%25%32%66admin", "", 400),
     // Above the root.
     ("/../admin", "", 400),
     ("/public/../../admin", "", 400),

@@ -13,7 +13,7 @@
 //! It refuses, rather than guesses at, what applications read in different ways: an
 //! encoded `/` (`%2F`), `\` (`%5C`) or NUL (`%00`); a raw `\` (a `/` to Windows and IIS);
 //! a `..` that climbs above the root; a dot segment with parameters (`..;x`, which Tomcat
-//! reads as `..` and other servers as a name); a malformed escape (`%`, `%u002e`, `%zz`);
+//! reads as `..` and other servers as a name, and `..%3B`, read as `..;` once decoded); a malformed escape (`%`, `%u002e`, `%zz`);
 //! a double-encoded escape (`%252e`, `%` itself encoded in front of hex digits); decoded
 //! bytes that are not UTF-8, which includes every overlong form (`%C0%AE` for `.`); raw
 //! bytes outside ASCII or control characters; and anything that is not an absolute path.
@@ -115,8 +115,10 @@ fn full(path: &str, case_insensitive: bool) -> Result<Normalized<'static>, PathE
     for segment in rest.split('/') {
         let name = segment.split(';').next().unwrap_or_default();
         trailing = false;
+        if is_dot_with_params(segment) {
+            return Err(PathError::DotWithParams);
+        }
         match name {
-            "." | ".." if name.len() != segment.len() => return Err(PathError::DotWithParams),
             "." => trailing = true,
             ".." => {
                 stack.pop().ok_or(PathError::AboveRoot)?;
@@ -150,6 +152,14 @@ fn full(path: &str, case_insensitive: bool) -> Result<Normalized<'static>, PathE
         forward: Cow::Owned(forward),
         key: Cow::Owned(key),
     })
+}
+
+/// `.` or `..` followed by parameters, `;` or its escape `%3B` (an application that
+/// decodes before it strips parameters reads `..%3B` as `..`).
+fn is_dot_with_params(segment: &str) -> bool {
+    let rest = segment.trim_start_matches('.');
+    matches!(segment.len() - rest.len(), 1 | 2)
+        && (rest.starts_with(';') || rest.starts_with("%3B"))
 }
 
 /// True for a path that is its own normal form and matching key: absolute, printable
@@ -188,9 +198,6 @@ fn decode_unreserved(path: &str) -> Result<String, PathError> {
                     b'/' => return Err(PathError::EncodedSlash),
                     b'\\' => return Err(PathError::EncodedBackslash),
                     0 => return Err(PathError::EncodedNul),
-                    b'%' if hex_pair(bytes, i + 3).is_some() => {
-                        return Err(PathError::DoubleEncoded);
-                    }
                     v if is_unreserved(v) => out.push(char::from(v)),
                     v => {
                         has_escape = true;
@@ -208,6 +215,15 @@ fn decode_unreserved(path: &str) -> Result<String, PathError> {
             }
             other => return Err(PathError::RawByte(other)),
         }
+    }
+    // After decoding (so that `%25E%66` counts, whose `%66` becomes `f`): an encoded `%`
+    // before two hex digits, which a second decoding would read as another escape.
+    let decoded = out.as_bytes();
+    if out
+        .match_indices("%25")
+        .any(|(i, _)| hex_pair(decoded, i + 3).is_some())
+    {
+        return Err(PathError::DoubleEncoded);
     }
     if has_escape && percent_decode_str(&out).decode_utf8().is_err() {
         return Err(PathError::NotUtf8);
@@ -353,6 +369,9 @@ mod tests {
             ("/%u002e%u002e/admin", PathError::BadEscape),
             ("/%252e%252e/admin", PathError::DoubleEncoded),
             ("/%252F", PathError::DoubleEncoded),
+            // Found by the path_normalize fuzz target: `%66` decodes to `f` after `%25E`.
+            ("/z/zllE%25E%66A'", PathError::DoubleEncoded),
+            ("/%25%34%31", PathError::DoubleEncoded),
             ("/x/%C0%AE%C0%AE/admin", PathError::NotUtf8),
             ("/%c0%af", PathError::NotUtf8),
             ("/%e0%80%ae", PathError::NotUtf8),
@@ -365,6 +384,9 @@ mod tests {
             ("/public/..;/admin", PathError::DotWithParams),
             ("/admin/..;x/public", PathError::DotWithParams),
             ("/.;/admin", PathError::DotWithParams),
+            // Found by the path_normalize fuzz target: `%3B` decodes to `;`.
+            ("/x/..%3b/admin", PathError::DotWithParams),
+            ("/x/.%3B", PathError::DotWithParams),
         ] {
             assert_eq!(normalize(input, false), Err(want), "{input:?}");
         }
