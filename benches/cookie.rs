@@ -59,7 +59,14 @@ fn token(c: &mut Criterion) {
     let signer = TokenSigner::new(&secret(UPSTREAM), 60);
     let id = SessionId::random();
     c.bench_function("token/mint", |b| {
-        b.iter(|| signer.mint(black_box(&id), black_box(DATA), black_box(1_700_000_000)))
+        b.iter(|| {
+            signer.mint(
+                black_box(&id),
+                black_box(DATA),
+                None,
+                black_box(1_700_000_000),
+            )
+        })
     });
 }
 

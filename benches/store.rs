@@ -43,6 +43,7 @@ fn record(cookie_sent: u64) -> Record {
         created: 0,
         cookie_sent,
         data: Arc::from(DATA),
+        auth_time: None,
     }
 }
 

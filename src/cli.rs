@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{self, Config, StoreKind};
+use crate::config::{self, Config, RouteSession, StoreKind};
 use crate::secrets::{Env, ProcessEnv, Secrets};
 use crate::store::RedisStore;
 use crate::{server, signals, telemetry};
@@ -122,7 +122,56 @@ pub fn warnings(config: &Config, secrets: &Secrets) -> Vec<String> {
                 .to_owned(),
         );
     }
+    // A required route the cookie is never sent to could only ever answer 401.
+    let cookie_path = config.cookie.path.trim_end_matches('/');
+    for r in config.routes.routes() {
+        if let (RouteSession::Required, Some(prefix)) = (r.session, &r.prefix)
+            && !(prefix == cookie_path || prefix.starts_with(&format!("{cookie_path}/")))
+        {
+            w.push(format!(
+                "route {prefix:?} requires a session, but cookie.path = {:?} does not cover it: browsers never send the cookie there",
+                config.cookie.path
+            ));
+        }
+    }
     w
+}
+
+/// The route table (SPEC §11) in the order it is searched: longest prefix first, then
+/// the paths under no route.
+fn describe_routes(out: &mut String, config: &Config) {
+    let _ = writeln!(out, "[routes] (longest prefix first)");
+    let _ = writeln!(
+        out,
+        "case_insensitive_paths = {}",
+        config.server.case_insensitive_paths
+    );
+    for r in config.routes.routes() {
+        let upstream = r.upstream.as_ref().unwrap_or(&config.server.upstream);
+        let mut line = match &r.prefix {
+            Some(p) => format!("route {p:?} -> "),
+            None => "other paths -> ".to_owned(),
+        };
+        let _ = write!(
+            line,
+            "{}://{}, session = {}",
+            upstream.scheme,
+            upstream.authority,
+            r.session.as_str()
+        );
+        if !r.require.is_empty() {
+            let require: serde_json::Map<String, serde_json::Value> =
+                r.require.iter().cloned().collect();
+            let _ = write!(line, ", require = {}", serde_json::Value::Object(require));
+        }
+        if r.max_auth_age_sec > 0 {
+            let _ = write!(line, ", max_auth_age_sec = {}", r.max_auth_age_sec);
+        }
+        if let Some(url) = &r.login_url {
+            let _ = write!(line, ", login_url = {url:?}");
+        }
+        let _ = writeln!(out, "{line}, csrf = {}", r.csrf);
+    }
 }
 
 /// The resolved settings, as `check` prints them. Secrets appear only as their length.
@@ -225,6 +274,7 @@ pub fn describe(config: &Config, secrets: &Secrets) -> String {
     let _ = writeln!(out, "enabled = {}", cs.enabled);
     let _ = writeln!(out, "trusted_origins = [{}]", cs.trusted_origins.join(", "));
     let _ = writeln!(out, "report_only = {}", cs.report_only);
+    describe_routes(&mut out, config);
     let _ = writeln!(out, "[secrets]");
     let _ = writeln!(
         out,

@@ -8,7 +8,22 @@
 use http::StatusCode;
 
 use crate::protocol::DirectiveError;
+use crate::route::PathError;
 use crate::store::StoreError;
+
+/// What the proxy refuses in a request's head before anything else (SPEC §5, §11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadRequest {
+    /// The path cannot be normalized safely.
+    #[error("request path refused: {0}")]
+    Path(#[from] PathError),
+    /// More than one `Host` line (RFC 9112 §3.2).
+    #[error("more than one Host header")]
+    DuplicateHost,
+    /// `Host` names another authority than the absolute-form target (or `:authority`).
+    #[error("the Host header disagrees with the authority of the request target")]
+    HostMismatch,
+}
 
 /// A request the proxy could not complete.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +43,15 @@ pub enum GateError {
     /// The session store failed.
     #[error("session store failed: {0}")]
     Store(StoreError),
+    /// The request's path or Host is refused (400); the upstream never sees it.
+    #[error("bad request: {0}")]
+    BadRequest(BadRequest),
+}
+
+impl From<BadRequest> for GateError {
+    fn from(e: BadRequest) -> Self {
+        GateError::BadRequest(e)
+    }
 }
 
 impl From<DirectiveError> for GateError {
@@ -46,7 +70,7 @@ impl GateError {
     /// The status the client sees.
     pub fn status(&self) -> StatusCode {
         match self {
-            GateError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            GateError::ClientBody(_) | GateError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GateError::Upstream(_) | GateError::BadDirective(_) => StatusCode::BAD_GATEWAY,
             GateError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GateError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -57,6 +81,10 @@ impl GateError {
     pub fn public_message(&self) -> &'static str {
         match self {
             GateError::ClientBody(_) => "bad request: malformed request body\n",
+            GateError::BadRequest(BadRequest::Path(_)) => "bad request: path refused\n",
+            GateError::BadRequest(BadRequest::DuplicateHost | BadRequest::HostMismatch) => {
+                "bad request: conflicting Host\n"
+            }
             GateError::Upstream(_) => "bad gateway: upstream unreachable\n",
             GateError::UpstreamTimeout(_) => "gateway timeout: upstream did not answer in time\n",
             GateError::BadDirective(_) => "bad gateway: invalid session header from upstream\n",

@@ -6,6 +6,8 @@
 //! [`server::serve`] accepts connections and hands each request to [`proxy::Gate::handle`],
 //! which runs these steps, each in one file:
 //!
+//! 0. `proxy/route.rs`: one `Host`; the path normalized (or 400) and its route picked
+//!    ([`route`]); after step 1, a `session = "required"` route answers 401/302/403 itself;
 //! 1. `proxy/request.rs`: strip hop-by-hop headers, then every client header in the
 //!    reserved namespace (`x-session*` and the forward header names, `_` read as `-`)
 //!    ([`protocol`]); refuse a cross-origin unsafe request with 403 ([`proxy::csrf`], before
@@ -13,7 +15,8 @@
 //!    ([`cookie`]); load the session, only for a verified cookie ([`store`]), and judge its
 //!    age ([`session::Lifetime`]);
 //! 2. `proxy/request.rs`: add `Host`, `X-Forwarded-*` and the signed HS256 token of the
-//!    session ([`token`]); [`upstream`] sends it over a pooled keep-alive connection;
+//!    session ([`token`]); [`upstream`] sends it over the route's pooled keep-alive
+//!    connection;
 //! 3. `proxy/response.rs`: apply the upstream's `X-Session-Destroy` / `-Set` / `-Update` to
 //!    the store ([`protocol`] parses them), strip every `x-session*` response header, and
 //!    set, refresh or clear the cookie;
@@ -36,6 +39,7 @@ pub mod fs;
 pub mod metrics;
 pub mod protocol;
 pub mod proxy;
+pub mod route;
 pub mod secrets;
 pub mod server;
 pub mod session;

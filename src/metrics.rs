@@ -23,9 +23,10 @@ pub const SESSIONS_CREATED: &str = "sessiongate_sessions_created";
 pub const SESSIONS_DESTROYED: &str = "sessiongate_sessions_destroyed";
 /// `sessiongate_store_seconds{op}` (histogram).
 pub const STORE_SECONDS: &str = "sessiongate_store_seconds";
-/// `sessiongate_upstream_errors_total{kind}`.
+/// `sessiongate_upstream_errors_total{kind,upstream}`.
 pub const UPSTREAM_ERRORS: &str = "sessiongate_upstream_errors";
-/// `sessiongate_upstream_seconds` (histogram): time to the upstream's response headers.
+/// `sessiongate_upstream_seconds{upstream}` (histogram): time to the upstream's response
+/// headers.
 pub const UPSTREAM_SECONDS: &str = "sessiongate_upstream_seconds";
 /// `sessiongate_in_flight_requests` (gauge).
 pub const IN_FLIGHT: &str = "sessiongate_in_flight_requests";
@@ -93,6 +94,20 @@ pub enum UpstreamFailure {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: UpstreamFailure,
+    /// The upstream's `scheme://host:port`, from the config (SPEC §11: one per route).
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabel {
+    upstream: String,
+}
+
+/// The metrics of one upstream, looked up once when the proxy is built.
+#[derive(Debug, Clone)]
+pub struct UpstreamMetrics {
+    label: String,
+    seconds: Histogram,
 }
 
 /// Every metric the proxy keeps.
@@ -106,7 +121,7 @@ pub struct Metrics {
     lookup_counters: ByLookup<Counter>,
     store_histograms: ByOp<Histogram>,
     upstream_errors: Family<KindLabel, Counter>,
-    upstream_seconds: Histogram,
+    upstream_seconds: Family<UpstreamLabel, Histogram>,
     in_flight: Gauge,
     csrf_refused: Counter,
     csrf_reported: Counter,
@@ -130,7 +145,9 @@ impl Metrics {
             Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
         });
         let upstream_errors = Family::<KindLabel, Counter>::default();
-        let upstream_seconds = Histogram::new(exponential_buckets(0.000_1, 2.0, 18));
+        let upstream_seconds = Family::<UpstreamLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_1, 2.0, 18))
+        });
         let in_flight = Gauge::default();
         registry.register(REQUESTS, "Requests answered, by status", requests.clone());
         registry.register(
@@ -177,13 +194,6 @@ impl Metrics {
         let lookup_counters =
             ByLookup::new(|result| lookups.get_or_create(&LookupLabel { result }).clone());
         let store_histograms = ByOp::new(|op| store_seconds.get_or_create(&OpLabel { op }).clone());
-        for kind in [
-            UpstreamFailure::unreachable,
-            UpstreamFailure::timeout,
-            UpstreamFailure::bad_directive,
-        ] {
-            let _ = upstream_errors.get_or_create(&KindLabel { kind });
-        }
         Self {
             registry,
             requests,
@@ -241,16 +251,39 @@ impl Metrics {
         self.store_histograms.get(op).observe(elapsed.as_secs_f64());
     }
 
-    /// The upstream failed.
-    pub fn upstream_error(&self, kind: UpstreamFailure) {
-        self.upstream_errors
-            .get_or_create(&KindLabel { kind })
-            .inc();
+    /// The series of the upstream `label` (its `scheme://host:port`), every error kind at
+    /// zero, so that dashboards and rate() see zeros rather than absent series.
+    pub fn for_upstream(&self, label: &str) -> UpstreamMetrics {
+        for kind in [
+            UpstreamFailure::unreachable,
+            UpstreamFailure::timeout,
+            UpstreamFailure::bad_directive,
+        ] {
+            let _ = self.upstream_errors.get_or_create(&KindLabel {
+                kind,
+                upstream: label.to_owned(),
+            });
+        }
+        let seconds = self
+            .upstream_seconds
+            .get_or_create(&UpstreamLabel {
+                upstream: label.to_owned(),
+            })
+            .clone();
+        UpstreamMetrics {
+            label: label.to_owned(),
+            seconds,
+        }
     }
 
-    /// The upstream answered with headers after `elapsed`.
-    pub fn upstream(&self, elapsed: Duration) {
-        self.upstream_seconds.observe(elapsed.as_secs_f64());
+    /// `upstream` failed.
+    pub fn upstream_error(&self, upstream: &UpstreamMetrics, kind: UpstreamFailure) {
+        self.upstream_errors
+            .get_or_create(&KindLabel {
+                kind,
+                upstream: upstream.label.clone(),
+            })
+            .inc();
     }
 
     /// A request was refused as cross-origin (`reported`: forwarded under
@@ -359,6 +392,13 @@ impl Metrics {
     }
 }
 
+impl UpstreamMetrics {
+    /// The upstream answered with headers after `elapsed`.
+    pub fn answered(&self, elapsed: Duration) {
+        self.seconds.observe(elapsed.as_secs_f64());
+    }
+}
+
 /// One value per [`LookupResult`], reached through an exhaustive `match`: a new variant
 /// is a compile error here, never an index out of bounds at run time.
 #[derive(Debug)]
@@ -428,7 +468,9 @@ mod tests {
         m.request(200, Outcome::Created);
         m.lookup(LookupResult::hit);
         m.store(StoreOp::load, Duration::from_micros(20));
-        m.upstream_error(UpstreamFailure::timeout);
+        let up = m.for_upstream("http://127.0.0.1:3000");
+        m.upstream_error(&up, UpstreamFailure::timeout);
+        up.answered(Duration::from_millis(2));
         let text = m.render();
         for needle in [
             "sessiongate_requests_total{status=\"200\"} 1",
@@ -437,7 +479,9 @@ mod tests {
             "sessiongate_sessions_created_total 1",
             "sessiongate_sessions_destroyed_total 0",
             "sessiongate_store_seconds_count{op=\"load\"} 1",
-            "sessiongate_upstream_errors_total{kind=\"timeout\"} 1",
+            "sessiongate_upstream_errors_total{kind=\"timeout\",upstream=\"http://127.0.0.1:3000\"} 1",
+            "sessiongate_upstream_errors_total{kind=\"unreachable\",upstream=\"http://127.0.0.1:3000\"} 0",
+            "sessiongate_upstream_seconds_count{upstream=\"http://127.0.0.1:3000\"} 1",
             "sessiongate_in_flight_requests 0",
             "sessiongate_csrf_refused_total 0",
             "sessiongate_csrf_reported_total 0",

@@ -38,13 +38,28 @@ impl TokenSigner {
         }
     }
 
-    /// The token for session `id` with `data` (a JSON object's text), issued at `now`.
-    pub fn mint(&self, id: &SessionId, data: &str, now: u64) -> HeaderValue {
+    /// The token for session `id` with `data` (a JSON object's text), issued at `now`;
+    /// `auth_time` (SPEC §11) is the time of the session's last `X-Session-Set`, if any.
+    pub fn mint(
+        &self,
+        id: &SessionId,
+        data: &str,
+        auth_time: Option<u64>,
+        now: u64,
+    ) -> HeaderValue {
         let id = id.encode();
-        let (mut iat, mut exp) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let (mut iat, mut exp, mut auth) = (
+            itoa::Buffer::new(),
+            itoa::Buffer::new(),
+            itoa::Buffer::new(),
+        );
         let iat = iat.format(now);
         let exp = exp.format(now.saturating_add(self.ttl_sec));
-        let claims: [&[u8]; 11] = [
+        let (auth_key, auth): (&[u8], &[u8]) = match auth_time {
+            Some(t) => (br#","auth_time":"#, auth.format(t).as_bytes()),
+            None => (b"", b""),
+        };
+        let claims: [&[u8]; 13] = [
             br#"{"iss":""#,
             ISSUER.as_bytes(),
             br#"","sid":""#,
@@ -55,6 +70,8 @@ impl TokenSigner {
             iat.as_bytes(),
             br#","exp":"#,
             exp.as_bytes(),
+            auth_key,
+            auth,
             b"}",
         ];
         // The claims text goes through a per-thread scratch buffer; the token is encoded
@@ -130,7 +147,7 @@ mod tests {
     fn known_answer_token() {
         let key = Secret::new(b"0123456789abcdef0123456789abcdef".to_vec());
         let id: SessionId = "A".repeat(43).parse().unwrap();
-        let token = TokenSigner::new(&key, 60).mint(&id, r#"{"userId":1}"#, 1_700_000_000);
+        let token = TokenSigner::new(&key, 60).mint(&id, r#"{"userId":1}"#, None, 1_700_000_000);
         assert_eq!(token.to_str().unwrap(), KNOWN_TOKEN);
         assert!(token.is_sensitive());
     }
@@ -141,14 +158,19 @@ mod tests {
     fn claims_decode_to_the_spec_shape() {
         let key = Secret::new(vec![7; 32]);
         let id = SessionId::random();
-        let token = TokenSigner::new(&key, 60).mint(&id, r#"{"a":"é"}"#, 100);
-        let parts: Vec<&str> = token.to_str().unwrap().split('.').collect();
-        assert_eq!(parts.len(), 3);
-        let claims: Value =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+        let claims = |auth_time| -> Value {
+            let token = TokenSigner::new(&key, 60).mint(&id, r#"{"a":"é"}"#, auth_time, 100);
+            let parts: Vec<&str> = token.to_str().unwrap().split('.').collect();
+            assert_eq!(parts.len(), 3);
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap()
+        };
         assert_eq!(
-            claims,
+            claims(None),
             json!({"iss":"sessiongate","sid":id.encode().as_str(),"data":{"a":"é"},"iat":100,"exp":160})
+        );
+        assert_eq!(
+            claims(Some(90)),
+            json!({"iss":"sessiongate","sid":id.encode().as_str(),"data":{"a":"é"},"iat":100,"exp":160,"auth_time":90})
         );
     }
 

@@ -93,7 +93,16 @@ async fn counters_move_with_traffic() {
         metric(&text, "sessiongate_store_seconds_count{op=\"replace\"}"),
         1.0
     );
-    assert_eq!(metric(&text, "sessiongate_upstream_seconds_count"), 6.0);
+    assert_eq!(
+        metric(
+            &text,
+            &format!(
+                "sessiongate_upstream_seconds_count{{upstream=\"http://{}\"}}",
+                app.addr
+            )
+        ),
+        6.0
+    );
     assert_eq!(metric(&text, "sessiongate_in_flight_requests"), 0.0);
     for secret_ish in [&cookie["session=".len()..], "forged", SECRET] {
         assert!(!text.contains(secret_ish), "metrics leak {secret_ish}");
@@ -114,7 +123,9 @@ async fn counters_move_with_traffic() {
     assert_eq!(
         metric(
             &text,
-            "sessiongate_upstream_errors_total{kind=\"unreachable\"}"
+            &format!(
+                "sessiongate_upstream_errors_total{{kind=\"unreachable\",upstream=\"http://{dead}\"}}"
+            )
         ),
         1.0
     );

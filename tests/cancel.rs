@@ -183,7 +183,13 @@ async fn a_login_whose_client_left_during_the_store_write_is_applied_whole() {
         .unwrap();
     release_tx.send(()).unwrap();
     eventually_async(
-        || async { metric(&gate, "sessiongate_upstream_seconds_count").await >= 2.0 },
+        || async {
+            let series = format!(
+                "sessiongate_upstream_seconds_count{{upstream=\"http://{}\"}}",
+                app.addr
+            );
+            metric(&gate, &series).await >= 2.0
+        },
         "the upstream answered the second login",
     )
     .await;

@@ -256,3 +256,117 @@ fn gen_secret_prints_a_fresh_url_safe_secret() {
     );
     assert_ne!(a, b);
 }
+
+#[test]
+fn check_prints_the_route_table_longest_prefix_first() {
+    let path = write(
+        "routes.toml",
+        concat!(
+            "[server]\nupstream = \"http://127.0.0.1:3000\"\n\n",
+            "[[route]]\nprefix = \"/admin\"\nsession = \"required\"\nupstream = \"https://127.0.0.1:4443\"\n",
+            "require = { role = \"admin\", level = 3 }\nmax_auth_age_sec = 300\nlogin_url = \"/login?next={return_to}\"\ncsrf = false\n\n",
+            "[[route]]\nprefix = \"/admin/public\"\nsession = \"off\"\n",
+        ),
+    );
+    let out = bin()
+        .arg("check")
+        .arg("-c")
+        .arg(&path)
+        .env("SESSION_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let routes = text
+        .split_once("[routes]")
+        .map(|(_, r)| r)
+        .unwrap_or_default()
+        .lines()
+        .take_while(|l| !l.starts_with('['))
+        .collect::<Vec<_>>()
+        .join("\n");
+    eqnice!(
+        concat!(
+            " (longest prefix first)\n",
+            "case_insensitive_paths = false\n",
+            "route \"/admin/public\" -> http://127.0.0.1:3000, session = off, csrf = true\n",
+            "route \"/admin\" -> https://127.0.0.1:4443, session = required, require = {\"level\":3,\"role\":\"admin\"}, max_auth_age_sec = 300, login_url = \"/login?next={return_to}\", csrf = false\n",
+            "other paths -> http://127.0.0.1:3000, session = optional, csrf = true",
+        ),
+        routes
+    );
+}
+
+#[test]
+fn check_reports_route_errors_with_file_line_column() {
+    for (text, want) in [
+        (
+            "[[route]]\nprefix = \"/a\"\n[[route]]\nprefix = \"/a/\"\n",
+            ":6:10: route[1].prefix: \"/a/\" is already the prefix of route[0]; give each prefix one route",
+        ),
+        (
+            "[[route]]\nprefix = \"/a\"\nupstream = \"http://\"\n",
+            ":5:12: route[0].upstream: \"http://\" is not a URL",
+        ),
+        (
+            "[[route]]\nprefix = \"/\"\nsession = \"required\"\nlogin_url = \"/login\"\n",
+            ":6:13: route[0].login_url: \"/login\" is under the route for \"/\", which requires a session, so a browser could never reach it; add a [[route]] with prefix = \"/login\" and session = \"optional\"",
+        ),
+        (
+            "[[route]]\nprefix = \"/a\"\nsession = \"off\"\nrequire = { role = \"admin\" }\n",
+            ":6:11: route[0].require: require applies only to session = \"required\", and this route's session is \"off\"",
+        ),
+        (
+            "[[route]]\nprefix = \"/a\"\nsession = \"sometimes\"\n",
+            ":5:11: unknown variant `sometimes`, expected one of `optional`, `required`, `off`",
+        ),
+        (
+            "[[route]]\nprefix = \"a\"\n",
+            ":4:10: route[0].prefix: \"a\" must start with \"/\"",
+        ),
+    ] {
+        let path = write(
+            "bad-route.toml",
+            &format!("[server]\nupstream = \"http://127.0.0.1:3000\"\n{text}"),
+        );
+        let out = bin()
+            .arg("check")
+            .arg("-c")
+            .arg(&path)
+            .env("SESSION_SECRET", SECRET)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        eqnice!(format!("{}{want}\n", path.display()), stderr(&out));
+    }
+}
+
+#[test]
+fn check_warns_about_a_required_route_the_cookie_never_reaches() {
+    let path = write(
+        "cookie-path.toml",
+        concat!(
+            "[server]\nupstream = \"http://127.0.0.1:3000\"\n",
+            "[cookie]\npath = \"/app\"\n",
+            "[[route]]\nprefix = \"/admin\"\nsession = \"required\"\n",
+            "[[route]]\nprefix = \"/app/account\"\nsession = \"required\"\n",
+        ),
+    );
+    let out = bin()
+        .arg("check")
+        .arg("-c")
+        .arg(&path)
+        .env("SESSION_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("warning: route"))
+        .collect();
+    eqnice!(
+        "warning: route \"/admin\" requires a session, but cookie.path = \"/app\" does not cover it: browsers never send the cookie there",
+        warnings.join("\n")
+    );
+}

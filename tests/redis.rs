@@ -177,8 +177,8 @@ async fn store_keys_carry_the_namespace_and_the_session_ttl() {
     assert_eq!(keys, vec![key.clone()]);
     let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut conn).unwrap();
     assert!(ttl > 0 && ttl <= 600, "ttl {ttl}");
-    // The value is sealed (format 3): nothing of the data in clear, and it opens with the
-    // keys of this session only.
+    // The value is sealed (format 3: a session that was Set carries its `auth_time`):
+    // nothing of the data in clear, and it opens with the keys of this session only.
     let value: Vec<u8> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
     assert_eq!(value[0], 3, "format version");
     assert!(!contains(&value, b"alice") && !contains(&value, b"userId"));
@@ -188,6 +188,7 @@ async fn store_keys_carry_the_namespace_and_the_session_ttl() {
         serde_json::from_str::<serde_json::Value>(&rec.data).unwrap(),
         serde_json::json!({"userId":1,"name":"alice"})
     );
+    assert!(rec.auth_time.is_some_and(|t| t >= rec.created));
     assert!(
         SessionKeys::derive(&SessionId::random())
             .open(value)

@@ -186,6 +186,7 @@ fn rec(data: &str) -> Record {
         created: 1_700_000_000,
         cookie_sent: 1_700_000_100,
         data: data.into(),
+        auth_time: None,
     }
 }
 
@@ -431,9 +432,9 @@ async fn a_flipped_byte_is_refused(fx: &Fixture) {
             .unwrap()
     );
     let sealed = fx.raw(&id).unwrap().unwrap();
-    // A byte of the clear header (`created`), of the nonce, of the sealed data, of the tag
-    // (bytes 33..41 are `touched`, which is not authenticated: see store::seal).
-    for at in [5, 45, 55, sealed.len() - 1] {
+    // A byte of the clear header (`created`, `auth_time`), of the nonce, of the sealed data,
+    // of the tag (bytes 41..49 are `touched`, which is not authenticated: see store::seal).
+    for at in [5, 20, 53, 65, sealed.len() - 1] {
         let mut bad = sealed.clone();
         bad[at] ^= 0x01;
         fx.set_raw(&id, &bad);
@@ -550,6 +551,42 @@ async fn replace_compares_records_not_their_sealed_bytes(fx: &Fixture) {
     assert_eq!(fx.opened(&id), Some(next));
 }
 
+async fn auth_time_round_trips_and_takes_part_in_the_compare(fx: &Fixture) {
+    // SPEC §11: a record that was Set keeps the time of that Set, one that was not has none
+    // (Redis: both format 3, `auth_time` 0 for none); the compare-and-set tells them apart.
+    let id = SessionId::random();
+    let plain = rec(r#"{"n":1}"#);
+    let set = Record {
+        auth_time: Some(1_700_000_050),
+        ..plain.clone()
+    };
+    assert!(fx.store.create(&id, &set, LONG).await.unwrap());
+    assert_eq!(fx.store.load(&id, LONG).await.unwrap(), Some(set.clone()));
+    if fx.is_redis() {
+        assert_eq!(fx.raw(&id).unwrap().unwrap()[0], 3, "format version");
+    }
+    assert_eq!(
+        fx.store.replace(&id, &plain, &plain, LONG).await.unwrap(),
+        Cas::Changed(set.clone())
+    );
+    assert_eq!(
+        fx.store.replace(&id, &set, &plain, LONG).await.unwrap(),
+        Cas::Applied
+    );
+    assert_eq!(fx.store.load(&id, LONG).await.unwrap(), Some(plain.clone()));
+    if fx.is_redis() {
+        assert_eq!(
+            fx.raw(&id).unwrap().unwrap()[17..25],
+            [0; 8],
+            "auth_time of none"
+        );
+    }
+    assert_eq!(
+        fx.store.replace(&id, &set, &set, LONG).await.unwrap(),
+        Cas::Changed(plain)
+    );
+}
+
 /// One test module per store, each running every case; a store may add cases of its own
 /// after a comma.
 macro_rules! store_conformance {
@@ -567,6 +604,7 @@ macro_rules! store_conformance {
                 load_slides_the_ttl,
                 expired_entry_loads_none,
                 records_round_trip_unicode_data,
+                auth_time_round_trips_and_takes_part_in_the_compare,
                 $($extra,)*
             );
         }

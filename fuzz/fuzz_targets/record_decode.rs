@@ -52,7 +52,8 @@ fn check_decode(value: &[u8]) {
 
 /// Bytes 0..8 `created`, 8..16 `cookie_sent`, 16..18 a position, 18 an XOR mask, 19 a length
 /// change (high bit: append, else cut), the rest the data (lossy UTF-8). The value is sealed
-/// as touched at `created`.
+/// as touched at `created`; the record has an `auth_time`, `created` + `cookie_sent`, when
+/// `created` is odd (and that sum is not 0, which means none).
 fn check_round_trip(input: &[u8]) {
     if input.len() < 20 {
         return;
@@ -62,6 +63,9 @@ fn check_round_trip(input: &[u8]) {
         created: u64_at(0),
         cookie_sent: u64_at(8),
         data: Arc::from(String::from_utf8_lossy(&input[20..]).as_ref()),
+        auth_time: (u64_at(0) % 2 == 1)
+            .then(|| u64_at(0).wrapping_add(u64_at(8)))
+            .filter(|&t| t != 0),
     };
     let sealed = KEYS.seal_touched(&rec, rec.created);
     assert_eq!(KEYS.open_touched(sealed.clone()), Ok((rec.clone(), rec.created)));

@@ -6,10 +6,15 @@
 //! cargo run --bin sessiongate-demo
 //! curl -i -c jar -b jar -X POST 'http://127.0.0.1:8080/login?user=alice'
 //! curl -i -c jar -b jar http://127.0.0.1:8080/me
+//! curl -i -c jar -b jar http://127.0.0.1:8080/account
 //! curl -i -c jar -b jar -X POST 'http://127.0.0.1:8080/cart?item=book'
 //! curl -i -c jar -b jar -X POST http://127.0.0.1:8080/logout
 //! curl -i -c jar -b jar http://127.0.0.1:8080/me
 //! ```
+//!
+//! `/account` is under the shipped `proxy.toml`'s `session = "required"` route: without a
+//! session the proxy answers 401 itself, or sends a browser to `/login`, whose form logs in
+//! and comes back (open http://127.0.0.1:8080/account in a browser).
 //!
 //! SESSION_SECRET comes from the environment; when it is unset the demo generates a
 //! throw-away one (sessions then end when the demo stops), which the real binary never does.
@@ -22,8 +27,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
-use http::{Request, Response};
-use http_body_util::Full;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -68,7 +73,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         None => format!("http://{}", running.addr),
     };
     eprintln!(
-        "demo: app on http://{app_addr}, sessiongate on {base} — try:\n  curl -i -c jar -b jar -X POST '{url}/login?user=alice'\n  curl -i -c jar -b jar {url}/me",
+        "demo: app on http://{app_addr}, sessiongate on {base} — try:\n  curl -i -c jar -b jar -X POST '{url}/login?user=alice'\n  curl -i -c jar -b jar {url}/me\n  curl -i -c jar -b jar {url}/account   (or open it in a browser)",
         url = base.split(' ').next().unwrap_or_default(),
     );
     sessiongate::signals::shutdown_signal().await;
@@ -82,7 +87,7 @@ async fn serve_app(listener: TcpListener, key: String) {
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let key = key.clone();
-                async move { Ok::<_, Infallible>(app(req, &key)) }
+                async move { Ok::<_, Infallible>(app(req, &key).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -92,22 +97,30 @@ async fn serve_app(listener: TcpListener, key: String) {
 }
 
 /// The application: it never sees a cookie, only the signed `X-Session` token.
-fn app(req: Request<Incoming>, key: &str) -> Response<Full<Bytes>> {
-    let session = req
-        .headers()
+async fn app(req: Request<Incoming>, key: &str) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let session = parts
+        .headers
         .get("x-session")
         .and_then(|v| v.to_str().ok())
         .and_then(|token| verify(token, key));
-    let query = req.uri().query().unwrap_or("");
+    // Parameters from the query, then from a form body (the login page's form).
+    let mut params = parts.uri.query().unwrap_or("").to_owned();
+    if parts.method == http::Method::POST
+        && let Ok(body) = body.collect().await
+    {
+        params.push('&');
+        params.push_str(&String::from_utf8_lossy(&body.to_bytes()));
+    }
     let param = |name: &str| {
-        query
+        params
             .split('&')
             .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-            .unwrap_or("")
-            .to_owned()
+            .map(decode)
+            .unwrap_or_default()
     };
     let reply = |body: String| Response::new(Full::new(Bytes::from(body + "\n")));
-    match (req.method().as_str(), req.uri().path()) {
+    match (parts.method.as_str(), parts.uri.path()) {
         ("POST", "/login") => {
             let user = param("user");
             let user = if user.is_empty() {
@@ -116,13 +129,47 @@ fn app(req: Request<Incoming>, key: &str) -> Response<Full<Bytes>> {
                 user
             };
             let data = serde_json::json!({ "user": user, "cart": [] });
-            let mut res = reply(format!("logged in as {user}"));
+            // Back to the page that sent the browser here: a local path only, never
+            // `//host` (an open redirect).
+            let return_to = param("return_to");
+            let mut res = if return_to.starts_with('/') && !return_to.starts_with("//") {
+                let mut res = reply(format!("logged in as {user}; back to {return_to}"));
+                *res.status_mut() = StatusCode::SEE_OTHER;
+                if let Ok(location) = return_to.parse() {
+                    res.headers_mut().insert("location", location);
+                }
+                res
+            } else {
+                reply(format!("logged in as {user}"))
+            };
             res.headers_mut().insert(
                 "x-session-set",
                 data.to_string().parse().expect("JSON is a header value"),
             );
             res
         }
+        ("GET", "/login") => {
+            let return_to = param("return_to");
+            let mut res = reply(format!(
+                "<!doctype html><title>log in</title><form method=\"post\" action=\"/login\">\
+                 <input type=\"hidden\" name=\"return_to\" value=\"{}\">\
+                 <label>user <input name=\"user\" autofocus></label> <button>log in</button></form>",
+                html_escape(&return_to)
+            ));
+            res.headers_mut().insert(
+                "content-type",
+                "text/html; charset=utf-8".parse().expect("valid"),
+            );
+            res
+        }
+        // Only reached with a session: the shipped proxy.toml makes /account "required".
+        (_, "/account") => match session {
+            Some(s) => reply(format!(
+                "account of {}, logged in at {} (auth_time)",
+                s["data"]["user"], s["auth_time"]
+            )),
+            None => reply("no session: the proxy's [[route]] for /account is missing".into()),
+        },
         ("POST", "/cart") => match session {
             Some(s) => {
                 let mut cart = s["data"]["cart"].as_array().cloned().unwrap_or_default();
@@ -151,10 +198,24 @@ fn app(req: Request<Incoming>, key: &str) -> Response<Full<Bytes>> {
             None => reply("not logged in".into()),
         },
         _ => reply(
-            "sessiongate demo app: POST /login?user=NAME, GET /me, POST /cart?item=X, POST /logout"
+            "sessiongate demo app: POST /login?user=NAME, GET /me, GET /account, POST /cart?item=X, POST /logout"
                 .into(),
         ),
     }
+}
+
+/// A form or query value: `+` is a space, `%XX` a byte.
+fn decode(value: &str) -> String {
+    percent_encoding::percent_decode_str(&value.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// Verifies the HS256 token and returns its claims, as any upstream would.

@@ -21,8 +21,8 @@ use http::HeaderName;
 
 pub use self::raw::RawCsrf;
 pub use self::raw::{
-    LogFormat, OnError, RawConfig, RawCookie, RawForward, RawLog, RawServer, RawSession, RawStore,
-    RawTls, SameSite, StoreKind,
+    LogFormat, OnError, RawConfig, RawCookie, RawForward, RawLog, RawRoute, RawServer, RawSession,
+    RawStore, RawTls, RouteSession, SameSite, StoreKind,
 };
 pub use crate::cidr::Cidr;
 
@@ -81,6 +81,8 @@ pub struct Config {
     pub log: LogFormat,
     /// `[csrf]`
     pub csrf: CsrfSettings,
+    /// `[[route]]` and `server.case_insensitive_paths` (SPEC §11).
+    pub routes: crate::route::RouteTable,
 }
 
 /// Validated `[server]`.
@@ -110,10 +112,12 @@ pub struct ServerSettings {
     pub tls: Option<crate::tls::TlsFiles>,
     /// Extra CA bundle for an https upstream.
     pub upstream_ca: Option<PathBuf>,
+    /// Match route prefixes case-insensitively.
+    pub case_insensitive_paths: bool,
 }
 
 /// `server.upstream`: the application's scheme and host:port (no path, no userinfo).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamUrl {
     /// `http` or `https`.
     pub scheme: http::uri::Scheme,

@@ -22,6 +22,8 @@ pub struct RawConfig {
     pub log: RawLog,
     /// `[csrf]`
     pub csrf: RawCsrf,
+    /// `[[route]]` (SPEC §11)
+    pub route: Vec<RawRoute>,
 }
 
 /// `[server]`
@@ -52,6 +54,8 @@ pub struct RawServer {
     pub upstream_ca: String,
     /// `[server.tls]`
     pub tls: Option<RawTls>,
+    /// Match route prefixes case-insensitively (SPEC §11).
+    pub case_insensitive_paths: bool,
 }
 
 impl Default for RawServer {
@@ -69,6 +73,7 @@ impl Default for RawServer {
             shutdown_grace_ms: 30_000,
             upstream_ca: String::new(),
             tls: None,
+            case_insensitive_paths: false,
         }
     }
 }
@@ -286,18 +291,82 @@ impl Default for RawCsrf {
     }
 }
 
+/// `[[route]]` (SPEC §11): one path prefix's upstream and session policy.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRoute {
+    /// The path prefix (required, starts with "/").
+    pub prefix: String,
+    /// "" = `server.upstream`; else another application's URL.
+    pub upstream: String,
+    /// What the route asks of the session.
+    pub session: RouteSession,
+    /// Where a browser without a session is sent; `{return_to}` = the original path.
+    pub login_url: String,
+    /// Top-level session fields that must equal (or, for arrays, contain) the value.
+    pub require: std::collections::BTreeMap<String, serde_json::Value>,
+    /// The session's last X-Session-Set must be at most this old; 0 = no limit.
+    pub max_auth_age_sec: u64,
+    /// The cross-origin check of `[csrf]` applies on this route.
+    pub csrf: bool,
+}
+
+impl Default for RawRoute {
+    fn default() -> Self {
+        Self {
+            prefix: String::new(),
+            upstream: String::new(),
+            session: RouteSession::Optional,
+            login_url: String::new(),
+            require: Default::default(),
+            max_auth_age_sec: 0,
+            csrf: true,
+        }
+    }
+}
+
+/// `route.session`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteSession {
+    /// As without routes: the session is used when there is one.
+    Optional,
+    /// No request reaches the upstream without a session that meets the route's policy.
+    Required,
+    /// No session at all: the cookie is not read, the store not touched.
+    Off,
+}
+
+impl RouteSession {
+    /// The TOML spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteSession::Optional => "optional",
+            RouteSession::Required => "required",
+            RouteSession::Off => "off",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::tests::parse_str;
 
     #[test]
-    fn shipped_example_equals_the_defaults_except_secure() {
+    fn shipped_example_equals_the_defaults_except_secure_and_the_demo_route() {
         let text = include_str!("../../proxy.toml");
         let raw: RawConfig = toml::from_str(text).unwrap();
         let mut want = RawConfig::default();
         want.server.upstream = "http://127.0.0.1:3000".into();
         want.cookie.secure = false;
+        // The demo's /account page (src/bin/sessiongate-demo.rs) is behind a route.
+        want.route = vec![RawRoute {
+            prefix: "/account".into(),
+            session: RouteSession::Required,
+            login_url: "/login?return_to={return_to}".into(),
+            ..RawRoute::default()
+        }];
         assert_eq!(raw, want);
         parse_str(text).unwrap();
     }

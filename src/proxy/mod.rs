@@ -1,9 +1,12 @@
-//! The request path (SPEC §5–§7): [`Gate::handle`] runs four phases around a per-request
-//! context, one file each:
+//! The request path (SPEC §5–§7, §11): [`Gate::handle`] runs four phases around a
+//! per-request context, one file each:
 //!
+//! 0. `proxy/route.rs`: one `Host`, the path normalized (or 400) and its route; after
+//!    phase 1, a `session = "required"` route answers 401/302/403 itself;
 //! 1. `proxy/request.rs`: strip hop-by-hop, reserved and underscore headers, refuse a
-//!    cross-origin unsafe request ([`csrf`], SPEC §12), take our cookie out of `Cookie`, verify
-//!    it, and load the session (only for a verified cookie);
+//!    cross-origin unsafe request ([`csrf`], SPEC §12) on routes that want the check, take
+//!    our cookie out of `Cookie`, verify it, and load the session (only for a verified
+//!    cookie);
 //! 2. `proxy/request.rs`: add `Host`, `X-Forwarded-*`, the signed token and `[forward.headers]`;
 //!    the upstream exchange itself is [`crate::upstream`];
 //! 3. `proxy/response.rs`: validate the directives, apply Destroy → Set → Update to the store,
@@ -16,6 +19,7 @@
 pub mod csrf;
 mod request;
 mod response;
+mod route;
 
 use std::cell::Cell;
 use std::convert::Infallible;
@@ -32,11 +36,12 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tracing::{debug, warn};
 
-use crate::config::{Config, OnError};
+use crate::config::{Config, OnError, RouteSession, UpstreamUrl};
 use crate::cookie::{CookieCodec, SetCookieBuilder};
 use crate::error::GateError;
-use crate::metrics::{Metrics, StoreOp, UpstreamFailure};
+use crate::metrics::{Metrics, StoreOp, UpstreamFailure, UpstreamMetrics};
 use crate::protocol::{self, ReservedNames};
+use crate::route::RouteTable;
 use crate::secrets::Secrets;
 use crate::session::{Lifetime, Record, SessionId, unix_now};
 use crate::store::{Store, StoreError};
@@ -100,6 +105,10 @@ struct Ctx {
     tls: bool,
     lookup: Lookup,
     outcome: Outcome,
+    /// The route says `session = "off"`: no cookie read, no directive applied.
+    session_off: bool,
+    /// Index of the upstream the request goes to, into [`Gate::upstreams`].
+    upstream: usize,
 }
 
 impl Ctx {
@@ -114,10 +123,24 @@ impl Ctx {
     }
 }
 
+/// One application behind the proxy: `server.upstream`, or a route's own.
+struct Upstream {
+    /// Its keep-alive connections.
+    pool: Arc<UpstreamPool>,
+    /// Its host:port, the `Host` of a request that came without one.
+    authority: HeaderValue,
+    /// Its series of the upstream metrics.
+    metrics: UpstreamMetrics,
+}
+
 /// The proxy: configuration turned into ready-to-use parts, shared by every connection.
 pub struct Gate {
-    upstream: Arc<UpstreamPool>,
-    upstream_authority: HeaderValue,
+    /// `server.upstream` first, then each other application a route names, once.
+    upstreams: Vec<Upstream>,
+    /// The route table (SPEC §11).
+    routes: RouteTable,
+    /// For each route (by index into `routes`), the index of its upstream.
+    route_upstream: Vec<usize>,
     upstream_timeout: Duration,
     trusted_proxies: Vec<crate::config::Cidr>,
     underscores_in_headers: bool,
@@ -143,8 +166,9 @@ pub struct Gate {
 
 impl std::fmt::Debug for Gate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pools: Vec<_> = self.upstreams.iter().map(|u| &u.pool).collect();
         f.debug_struct("Gate")
-            .field("upstream", &self.upstream)
+            .field("upstreams", &pools)
             .finish_non_exhaustive()
     }
 }
@@ -160,7 +184,16 @@ impl Gate {
         store: Store,
         metrics: Arc<Metrics>,
     ) -> Result<Self, crate::tls::TlsError> {
-        let tls = if config.server.upstream.scheme == http::uri::Scheme::HTTPS {
+        let any_https = std::iter::once(&config.server.upstream)
+            .chain(
+                config
+                    .routes
+                    .routes()
+                    .iter()
+                    .filter_map(|r| r.upstream.as_ref()),
+            )
+            .any(|u| u.scheme == http::uri::Scheme::HTTPS);
+        let tls = if any_https {
             crate::tls::client_config(config.server.upstream_ca.as_deref())?
         } else {
             // Never used: the upstream is plain http.
@@ -172,17 +205,39 @@ impl Gate {
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth()
         };
-        let upstream = &config.server.upstream;
+        // One pool per distinct application: routes to the same one share its connections.
+        let mut urls: Vec<&UpstreamUrl> = vec![&config.server.upstream];
+        let route_upstream = config
+            .routes
+            .routes()
+            .iter()
+            .map(|r| match &r.upstream {
+                None => 0,
+                Some(url) => urls.iter().position(|u| *u == url).unwrap_or_else(|| {
+                    urls.push(url);
+                    urls.len() - 1
+                }),
+            })
+            .collect();
+        let upstreams = urls
+            .into_iter()
+            .map(|url| Upstream {
+                pool: Arc::new(UpstreamPool::new(
+                    &url.scheme,
+                    url.authority.clone(),
+                    tls.clone(),
+                )),
+                authority: HeaderValue::from_str(url.authority.as_str())
+                    .expect("a URI authority is a valid header value"),
+                metrics: metrics.for_upstream(&format!("{}://{}", url.scheme, url.authority)),
+            })
+            .collect();
         let forward_names = std::iter::once(&config.forward.header)
             .chain(config.forward.headers.iter().map(|(h, _)| h));
         Ok(Self {
-            upstream: Arc::new(UpstreamPool::new(
-                &upstream.scheme,
-                upstream.authority.clone(),
-                tls,
-            )),
-            upstream_authority: HeaderValue::from_str(upstream.authority.as_str())
-                .expect("a URI authority is a valid header value"),
+            upstreams,
+            routes: config.routes.clone(),
+            route_upstream,
             upstream_timeout: config.server.upstream_timeout,
             trusted_proxies: config.server.trusted_proxies.clone(),
             underscores_in_headers: config.server.underscores_in_headers,
@@ -258,23 +313,25 @@ impl Gate {
                 tls: peer.tls,
                 lookup: Lookup::Anonymous,
                 outcome: Outcome::None,
+                session_off: false,
+                upstream: 0,
             },
             status: None,
         };
         let mut res = match self.proxy(&mut done.ctx, req, peer).await {
             Ok(res) => res,
             Err(err) => {
-                match &err {
-                    GateError::Upstream(_) => {
-                        self.metrics.upstream_error(UpstreamFailure::unreachable)
+                let upstream = &self.upstreams[done.ctx.upstream].metrics;
+                let failure = match &err {
+                    GateError::Upstream(_) => Some(UpstreamFailure::unreachable),
+                    GateError::UpstreamTimeout(_) => Some(UpstreamFailure::timeout),
+                    GateError::BadDirective(_) => Some(UpstreamFailure::bad_directive),
+                    GateError::ClientBody(_) | GateError::Store(_) | GateError::BadRequest(_) => {
+                        None
                     }
-                    GateError::UpstreamTimeout(_) => {
-                        self.metrics.upstream_error(UpstreamFailure::timeout)
-                    }
-                    GateError::BadDirective(_) => {
-                        self.metrics.upstream_error(UpstreamFailure::bad_directive)
-                    }
-                    GateError::ClientBody(_) | GateError::Store(_) => {}
+                };
+                if let Some(kind) = failure {
+                    self.metrics.upstream_error(upstream, kind);
                 }
                 match &err {
                     GateError::Store(StoreError::Contention(_)) => {
@@ -306,19 +363,30 @@ impl Gate {
             protocol::wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         self.sanitize(&mut parts.headers);
-        // SPEC §12: checked when `[csrf]` is enabled and the request's route wants it (every
-        // request, until routes exist), before any session is read.
-        let route_csrf = true;
-        if route_csrf && let Some(refused) = self.cross_origin(ctx, &parts) {
+        let target = self.target(&parts)?;
+        let route = &self.routes.routes()[target.route];
+        ctx.session_off = route.session == RouteSession::Off;
+        ctx.upstream = self.route_upstream[target.route];
+        // SPEC §11, the order of checks: the path (400, above), then the cross-origin check
+        // of §12 for routes whose `route.csrf` is true (403), before any session is read,
+        // then the session requirement.
+        if route.csrf
+            && let Some(refused) = self.cross_origin(ctx, &parts)
+        {
             return Ok(refused);
         }
         self.on_request(ctx, &mut parts.headers).await?;
-        let upstream_req = self.to_upstream(ctx, parts, body, peer);
+        if let Some(denied) = self.gatekeep(ctx, route, &parts, &target.uri) {
+            return Ok(denied);
+        }
+        parts.uri = target.uri;
+        let upstream = &self.upstreams[ctx.upstream];
+        let upstream_req = self.to_upstream(ctx, parts, body, peer, &upstream.authority);
 
         let sent = Instant::now();
         let mut res = match tokio::time::timeout_at(
             tokio::time::Instant::from_std(sent) + self.upstream_timeout,
-            self.upstream.send(upstream_req),
+            upstream.pool.send(upstream_req),
         )
         .await
         {
@@ -329,7 +397,7 @@ impl Gate {
             Ok(Err(e)) => return Err(GateError::Upstream(Box::new(e))),
             Ok(Ok(res)) => res,
         };
-        self.metrics.upstream(sent.elapsed());
+        upstream.metrics.answered(sent.elapsed());
 
         if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_upgrade)) =
             (res.status(), client_upgrade)

@@ -4,12 +4,13 @@
 //! 1. [`Gate::sanitize`]: hop-by-hop, reserved and underscore headers removed before
 //!    anything is read; [`Gate::cross_origin`]: the CSRF check (SPEC §12), before any
 //!    session is read; [`Gate::on_request`]: our cookie taken out of `Cookie` and verified;
-//!    the session loaded (only for a verified cookie: a bad cookie never costs a store access).
+//!    the session loaded (only for a verified cookie: a bad cookie never costs a store
+//!    access). On a `session = "off"` route the cookie is taken out unread.
 //! 2. [`Gate::to_upstream`]: `Host`, `X-Forwarded-*`, the signed token and
-//!    `[forward.headers]`, and an origin-form target.
+//!    `[forward.headers]`; the target is already the origin form phase 0 made.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use serde_json::Value;
 use tracing::{debug, info, warn};
@@ -104,7 +105,12 @@ impl Gate {
         let verified = match cookie::split_ours(headers, &self.cookie_name) {
             None => return Ok(()),
             Some(found) => {
-                let verified = found.values.iter().find_map(|v| self.codec.verify(v));
+                // SPEC §11 `session = "off"`: the cookie is removed, never verified.
+                let verified = if ctx.session_off {
+                    None
+                } else {
+                    found.values.iter().find_map(|v| self.codec.verify(v))
+                };
                 let rest = found.rest.map(HeaderValue::from_maybe_shared);
                 headers.remove(header::COOKIE);
                 if let Some(Ok(rest)) = rest {
@@ -113,6 +119,9 @@ impl Gate {
                 verified
             }
         };
+        if ctx.session_off {
+            return Ok(());
+        }
         let Some(Verified { id, rotated }) = verified else {
             self.metrics.lookup(LookupResult::invalid);
             ctx.outcome = Outcome::Invalid;
@@ -165,13 +174,14 @@ impl Gate {
         Ok(())
     }
 
-    /// Phase 2: the request the upstream receives.
+    /// Phase 2: the request the upstream (whose host:port is `authority`) receives.
     pub(super) fn to_upstream(
         &self,
         ctx: &Ctx,
         mut parts: http::request::Parts,
         body: Incoming,
         peer: Peer,
+        authority: &HeaderValue,
     ) -> Request<Incoming> {
         let headers = &mut parts.headers;
         // The client's Host (HTTP/2: its :authority) goes on; without one, the upstream's.
@@ -182,9 +192,7 @@ impl Gate {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
         if headers.get(header::HOST).is_none() {
-            let h = host
-                .clone()
-                .unwrap_or_else(|| self.upstream_authority.clone());
+            let h = host.clone().unwrap_or_else(|| authority.clone());
             headers.insert(header::HOST, h);
         }
 
@@ -193,10 +201,15 @@ impl Gate {
             .iter()
             .any(|c| c.contains(peer.addr.ip()));
         let peer_ip = peer.ip_header;
+        // A list sent on several lines is one list (RFC 9110 §5.3): a trusted peer's
+        // `X-Forwarded-For` lines are joined in order, then extended.
         let xff = match headers.get(&X_FORWARDED_FOR) {
-            Some(prev) if trusted => {
-                let mut v = prev.as_bytes().to_vec();
-                v.extend_from_slice(b", ");
+            Some(_) if trusted => {
+                let mut v = Vec::new();
+                for line in headers.get_all(&X_FORWARDED_FOR) {
+                    v.extend_from_slice(line.as_bytes());
+                    v.extend_from_slice(b", ");
+                }
                 v.extend_from_slice(peer_ip.as_bytes());
                 HeaderValue::from_bytes(&v).unwrap_or(peer_ip)
             }
@@ -224,7 +237,7 @@ impl Gate {
         if let Lookup::Active { id, rec, .. } = &ctx.lookup {
             headers.insert(
                 self.forward_header.clone(),
-                self.signer.mint(id, &rec.data, ctx.now()),
+                self.signer.mint(id, &rec.data, rec.auth_time, ctx.now()),
             );
             if !self.forward_headers.is_empty()
                 && let Ok(data) = serde_json::from_str::<Value>(&rec.data)
@@ -237,12 +250,6 @@ impl Gate {
             }
         }
 
-        // Origin form: the connection already goes to the upstream.
-        parts.uri = match parts.uri.path_and_query() {
-            Some(pq) if pq.as_str().starts_with('/') => Uri::from(pq.clone()),
-            Some(pq) if pq.as_str() == "*" => Uri::from(pq.clone()),
-            _ => Uri::from_static("/"),
-        };
         parts.version = Version::HTTP_11;
         Request::from_parts(parts, body)
     }

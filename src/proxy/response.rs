@@ -39,6 +39,13 @@ impl Gate {
             Ok(Directives::default())
         };
         self.drop_upstream_session_cookie(headers);
+        if ctx.session_off {
+            // SPEC §11 `session = "off"`: directives are stripped (above) and ignored.
+            if !directives.as_ref().is_ok_and(Directives::is_empty) {
+                warn!("session directives from the upstream on a session = \"off\" route; ignored");
+            }
+            return Ok(());
+        }
         let directives = directives?;
 
         // The store-writing paths are boxed: inline, their state would enlarge (and be
@@ -178,7 +185,12 @@ impl Gate {
         // A new session, under a new ID. Create it first, then retire the old ID: if the
         // delete fails, the old session is exactly as it was and the new one is removed
         // again (best effort), so nothing half-applied is visible.
-        let rec = Record::new(data.into(), now);
+        // SPEC §11: `auth_time` is the time of the last Set; a session made by an Update
+        // alone has none.
+        let rec = Record {
+            auth_time: d.set.is_some().then_some(now),
+            ..Record::new(data.into(), now)
+        };
         let new_id = self.create(&rec, now).await?;
         if let Some(old) = old_id
             && let Err(e) = self.timed(StoreOp::delete, self.store.delete(&old)).await
@@ -222,6 +234,11 @@ impl Gate {
                     expected.cookie_sent
                 },
                 data: Arc::from(data.as_str()),
+                auth_time: if d.set.is_some() {
+                    Some(now)
+                } else {
+                    expected.auth_time
+                },
             };
             let ttl = self.lifetime.ttl_for(&next, now);
             let cas = match self

@@ -64,6 +64,7 @@ mod tests {
             created,
             cookie_sent,
             data: "{}".into(),
+            auth_time: None,
         }
     }
 

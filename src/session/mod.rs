@@ -119,6 +119,9 @@ pub struct Record {
     pub cookie_sent: u64,
     /// The session data: a serialized JSON object.
     pub data: Arc<str>,
+    /// Unix seconds of the session's last `X-Session-Set` (the token's `auth_time`, for
+    /// `max_auth_age_sec`); `None` for a session made by `X-Session-Update` and never Set.
+    pub auth_time: Option<u64>,
 }
 
 impl fmt::Debug for Record {
@@ -127,17 +130,19 @@ impl fmt::Debug for Record {
             .field("created", &self.created)
             .field("cookie_sent", &self.cookie_sent)
             .field("data", &format_args!("<{} bytes>", self.data.len()))
+            .field("auth_time", &self.auth_time)
             .finish()
     }
 }
 
 impl Record {
-    /// A new record created now with `data`.
+    /// A new record created now with `data`, never Set (no `auth_time`).
     pub fn new(data: Arc<str>, now: u64) -> Self {
         Self {
             created: now,
             cookie_sent: now,
             data,
+            auth_time: None,
         }
     }
 }

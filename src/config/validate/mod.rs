@@ -3,6 +3,7 @@
 
 mod csrf;
 mod forward;
+mod routes;
 mod server;
 mod session;
 mod store;
@@ -58,17 +59,23 @@ impl Validator<'_> {
     }
 
     /// The span of the value at dotted `key` (a trailing `[i]` picks an array element, a
-    /// trailing `{name}` picks a table key), from the parsed document.
+    /// trailing `{name}` picks a table key; `name[i]` before a dot steps into the i-th
+    /// table of an array of tables, e.g. `route[2].prefix`), from the parsed document.
     fn span_of(&self, key: &str) -> Option<Range<usize>> {
         use toml::de::{DeTable, DeValue};
         let doc = DeTable::parse(self.text).ok()?;
-        let (key, pick) = match key.find(['[', '{']) {
-            Some(i) => (&key[..i], Some(&key[i..])),
+        let last_dot = key.rfind('.').map_or(0, |i| i + 1);
+        let (key, pick) = match key[last_dot..].find(['[', '{']) {
+            Some(i) => (&key[..last_dot + i], Some(&key[last_dot + i..])),
             None => (key, None),
         };
         let mut table = doc.get_ref();
         let mut parts = key.split('.').peekable();
         while let Some(part) = parts.next() {
+            let (part, index) = match part.split_once('[') {
+                Some((name, i)) => (name, Some(i.trim_end_matches(']').parse::<usize>().ok()?)),
+                None => (part, None),
+            };
             let (k, v) = table.iter().find(|(k, _)| k.get_ref().as_ref() == part)?;
             if parts.peek().is_none() {
                 return match (pick, v.get_ref()) {
@@ -86,6 +93,11 @@ impl Validator<'_> {
                     _ => Some(k.span()),
                 };
             }
+            let v = match (index, v.get_ref()) {
+                (None, _) => v,
+                (Some(i), DeValue::Array(items)) => items.get(i)?,
+                _ => return None,
+            };
             match v.get_ref() {
                 DeValue::Table(t) => table = t,
                 _ => return None,
@@ -104,13 +116,16 @@ impl Validator<'_> {
             forward,
             log,
             csrf,
+            route,
         } = raw;
-        let server = self.server(server)?;
+        let https_routes = route.iter().any(|r| r.upstream.starts_with("https:"));
+        let server = self.server(server, https_routes)?;
         let session = self.session(session)?;
         let cookie = self.cookie(cookie, &session.cookie_name)?;
         let store = self.store(store, session.ttl_sec)?;
         let forward = self.forward(forward)?;
         let csrf = self.csrf(csrf)?;
+        let routes = self.routes(route, &server)?;
         Ok(Config {
             path: self.path.to_owned(),
             server,
@@ -120,6 +135,7 @@ impl Validator<'_> {
             forward,
             log: log.format,
             csrf,
+            routes,
         })
     }
 }

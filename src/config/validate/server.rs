@@ -11,9 +11,21 @@ use crate::config::{ConfigError, RawServer, ServerSettings, UpstreamUrl};
 
 impl Validator<'_> {
     /// Checks `[server]` and resolves `threads = 0` and the `""` that means "off".
-    pub(super) fn server(&self, server: RawServer) -> Result<ServerSettings, ConfigError> {
+    /// `https_routes`: some `[[route]]` has an https upstream (`upstream_ca` applies to it).
+    pub(super) fn server(
+        &self,
+        server: RawServer,
+        https_routes: bool,
+    ) -> Result<ServerSettings, ConfigError> {
         let listen = self.socket_addr("server.listen", &server.listen)?;
-        let upstream = self.upstream_url(&server.upstream)?;
+        const KEY: &str = "server.upstream";
+        if server.upstream.is_empty() {
+            return Err(self.err(
+                KEY,
+                "is required: the application behind the proxy, e.g. upstream = \"http://127.0.0.1:3000\"",
+            ));
+        }
+        let upstream = self.upstream_url(KEY, &server.upstream)?;
         let admin_listen = if server.admin_listen.is_empty() {
             None
         } else {
@@ -50,7 +62,7 @@ impl Validator<'_> {
             .collect::<Result<Vec<_>, _>>()?;
         let upstream_ca = if server.upstream_ca.is_empty() {
             None
-        } else if upstream.scheme != http::uri::Scheme::HTTPS {
+        } else if upstream.scheme != http::uri::Scheme::HTTPS && !https_routes {
             return Err(self.err(
                 "server.upstream_ca",
                 "only applies to an https:// upstream; remove it or use https://",
@@ -103,6 +115,7 @@ impl Validator<'_> {
             shutdown_grace: Duration::from_millis(server.shutdown_grace_ms),
             tls,
             upstream_ca,
+            case_insensitive_paths: server.case_insensitive_paths,
         })
     }
 
@@ -117,35 +130,30 @@ impl Validator<'_> {
         })
     }
 
-    fn upstream_url(&self, value: &str) -> Result<UpstreamUrl, ConfigError> {
-        const KEY: &str = "server.upstream";
-        if value.is_empty() {
-            return Err(self.err(
-                KEY,
-                "is required: the application behind the proxy, e.g. upstream = \"http://127.0.0.1:3000\"",
-            ));
-        }
+    /// An application's URL (`server.upstream`, `route[i].upstream`): http or https,
+    /// host:port, nothing else.
+    pub(super) fn upstream_url(&self, key: &str, value: &str) -> Result<UpstreamUrl, ConfigError> {
         let uri: http::Uri = value
             .parse()
-            .map_err(|_| self.err(KEY, format!("{value:?} is not a URL")))?;
+            .map_err(|_| self.err(key, format!("{value:?} is not a URL")))?;
         let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
             return Err(self.err(
-                KEY,
+                key,
                 format!("{value:?} must be an absolute URL such as \"http://127.0.0.1:3000\""),
             ));
         };
         if scheme != &http::uri::Scheme::HTTP && scheme != &http::uri::Scheme::HTTPS {
             return Err(self.err(
-                KEY,
+                key,
                 format!("scheme {scheme:?} is not supported; use http:// or https://"),
             ));
         }
         if authority.as_str().contains('@') {
-            return Err(self.err(KEY, "must not carry user:password@"));
+            return Err(self.err(key, "must not carry user:password@"));
         }
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
             return Err(self.err(
-                KEY,
+                key,
                 format!("{value:?} must not have a path or query; requests keep their own path"),
             ));
         }

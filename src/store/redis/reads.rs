@@ -52,19 +52,19 @@ use crate::store::seal::{FORMAT_VERSION, SessionKeys, TOUCHED_AT};
 /// (8 bytes), the new `touched` (8 bytes), TTL seconds. Returns 1 when touched, 0 when the
 /// key is absent or not of format 3, 2 when `touched` moved on meanwhile.
 pub(super) const TOUCH_SCRIPT: &str = r"
-local head = redis.call('GETRANGE', KEYS[1], 0, 40)
-if #head < 41 or string.byte(head, 1) ~= 3 then
+local head = redis.call('GETRANGE', KEYS[1], 0, 48)
+if #head < 49 or string.byte(head, 1) ~= 3 then
   return 0
 end
-if string.sub(head, 34, 41) ~= ARGV[1] then
+if string.sub(head, 42, 49) ~= ARGV[1] then
   return 2
 end
-redis.call('SETRANGE', KEYS[1], 33, ARGV[2])
+redis.call('SETRANGE', KEYS[1], 41, ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 ";
-// The script's offsets: format 3, `touched` at bytes 33..41 (1-based 34..41 in Lua).
-const _: () = assert!(FORMAT_VERSION == 3 && TOUCHED_AT == 33);
+// The script's offsets: format 3, `touched` at bytes 41..49 (1-based 42..49 in Lua).
+const _: () = assert!(FORMAT_VERSION == 3 && TOUCHED_AT == 41);
 
 impl RedisStore {
     /// The read-path counters (touches, local cache), for `/metrics`.

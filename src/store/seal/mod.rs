@@ -15,13 +15,14 @@
 //! | 1 | format version, `3` | clear, authenticated |
 //! | 8 | `created`, Unix seconds, big-endian | clear, authenticated |
 //! | 8 | `cookie_sent`, Unix seconds, big-endian | clear, authenticated |
+//! | 8 | `auth_time`, Unix seconds of the last `X-Session-Set` (SPEC §11), big-endian; 0 = none | clear, authenticated |
 //! | 16 | digest: HMAC-SHA256 of the data under the session's digest key, first 16 bytes | clear, authenticated |
 //! | 8 | `touched`, Unix seconds, big-endian: when the entry's expiry was last set | clear |
 //! | 12 | nonce, fresh from the OS random source on every write | clear |
 //! | n | the session data (its JSON text), encrypted with ChaCha20-Poly1305 | sealed |
 //! | 16 | the Poly1305 tag | |
 //!
-//! The first four fields are the *header*. The associated data of the AEAD is the 32 raw
+//! The first five fields are the *header*. The associated data of the AEAD is the 32 raw
 //! bytes of the key hash followed by the header: the clear fields cannot be changed without
 //! the value failing to open, and a value copied under another session's key fails too
 //! (its key hash, and its key, differ). A value that fails to open, or has another format
@@ -34,8 +35,8 @@
 //! extends the expiry, which no script could do under the AEAD. It is a scheduling hint
 //! only (when to extend the expiry next, see the Redis store): whoever can change it in Redis
 //! can as well change or remove the expiry itself, so it gives that party nothing new.
-//! Format 2 values (the same without `touched`) are refused like any other version: after
-//! an upgrade from a version that wrote them, their sessions start again.
+//! Format 2 values (the same without `auth_time` and `touched`) are refused like any other
+//! version: after an upgrade from a version that wrote them, their sessions start again.
 //!
 //! # Keys
 //!
@@ -106,8 +107,8 @@ const SEAL_LABEL: &[u8] = b"sessiongate/v2/seal";
 const DIGEST_LABEL: &[u8] = b"sessiongate/v2/cas";
 /// Bytes of the truncated HMAC-SHA256 digest in the header.
 const DIGEST_LEN: usize = 16;
-/// Bytes of the clear header: version, `created`, `cookie_sent`, digest.
-pub const HEADER_LEN: usize = 1 + 8 + 8 + DIGEST_LEN;
+/// Bytes of the clear header: version, `created`, `cookie_sent`, `auth_time`, digest.
+pub const HEADER_LEN: usize = 1 + 8 + 8 + 8 + DIGEST_LEN;
 /// Offset of `touched` (8 bytes, after the header), for the store's touch script.
 pub const TOUCHED_AT: usize = HEADER_LEN;
 const TOUCHED_LEN: usize = 8;
@@ -314,6 +315,7 @@ impl SessionKeys {
         let rec = Record {
             created: be_u64(&header[1..9]),
             cookie_sent: be_u64(&header[9..17]),
+            auth_time: Some(be_u64(&header[17..25])).filter(|&t| t != 0),
             data: Arc::from(data),
         };
         Ok((rec, touched))
@@ -333,11 +335,12 @@ fn header(digest_key: HmacSha256, rec: &Record) -> [u8; HEADER_LEN] {
     header[0] = FORMAT_VERSION;
     header[1..9].copy_from_slice(&rec.created.to_be_bytes());
     header[9..17].copy_from_slice(&rec.cookie_sent.to_be_bytes());
+    header[17..25].copy_from_slice(&rec.auth_time.unwrap_or(0).to_be_bytes());
     let tag = digest_key
         .chain_update(rec.data.as_bytes())
         .finalize()
         .into_bytes();
-    header[17..].copy_from_slice(&tag[..DIGEST_LEN]);
+    header[25..].copy_from_slice(&tag[..DIGEST_LEN]);
     header
 }
 

@@ -7,6 +7,15 @@ fn rec(data: &str) -> Record {
         created: 1_700_000_000,
         cookie_sent: 1_700_000_100,
         data: Arc::from(data),
+        auth_time: None,
+    }
+}
+
+/// `rec(data)` as after an X-Session-Set: sealed as format 3.
+fn rec_set(data: &str) -> Record {
+    Record {
+        auth_time: Some(1_700_000_050),
+        ..rec(data)
     }
 }
 
@@ -19,7 +28,8 @@ fn unhex(text: &str) -> Vec<u8> {
 
 /// A value built by another implementation of the format above (Python's hashlib and
 /// hmac for SHA-256 and HKDF-Expand, the `cryptography` package's ChaCha20Poly1305) for
-/// the ID whose bytes are 0, 1, ..., 31, `touched` 1700000200 and the nonce 100, 101, ..., 111.
+/// the ID whose bytes are 0, 1, ..., 31, `auth_time` 1700000050, `touched` 1700000200 and
+/// the nonce 100, 101, ..., 111.
 #[test]
 fn opens_a_value_sealed_by_another_implementation() {
     let id: SessionId = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"
@@ -34,15 +44,16 @@ fn opens_a_value_sealed_by_another_implementation() {
         keys.key_hash().as_str(),
         "6oZqdX5MOLq_qBJ8vppAnT4fk6AP8UiP9zX8-Rev_9A"
     );
-    let want = rec(r#"{"userId":1,"name":"alice"}"#);
-    let header = "03000000006553f100000000006553f164af263c6045baec435c88619e036cacfe";
+    let want = rec_set(r#"{"userId":1,"name":"alice"}"#);
+    let header =
+        "03000000006553f100000000006553f164000000006553f132af263c6045baec435c88619e036cacfe";
     assert_eq!(keys.header(&want).to_vec(), unhex(header));
     let value = unhex(concat!(
-        "03000000006553f100000000006553f164af263c6045baec435c88619e036cacfe",
+        "03000000006553f100000000006553f164000000006553f132af263c6045baec435c88619e036cacfe",
         "000000006553f1c8",
         "6465666768696a6b6c6d6e6f",
         "6253ea67cc5dcc094d19cf4bab97fb1d8239fea43cfd1fc0f042b3",
-        "71cb1e031fcc0ba1bde0a2285fd8aa09",
+        "98f9fe7b1a2dec13aca44d4e30e074cc",
     ));
     assert_eq!(keys.open_touched(value).unwrap(), (want, 1_700_000_200));
 }
@@ -70,14 +81,18 @@ fn nonces_do_not_repeat_across_refills() {
 #[test]
 fn seal_round_trips_with_a_fresh_nonce_and_the_same_header() {
     let keys = SessionKeys::derive(&SessionId::random());
-    let r = rec(r#"{"name":"Zoë 名前 🚀"}"#);
-    let (one, two) = (keys.seal(&r), keys.seal(&r));
-    assert_ne!(one, two, "a nonce was reused");
-    assert_eq!(one[..HEADER_LEN], two[..HEADER_LEN]);
-    assert_eq!(one[..HEADER_LEN], keys.header(&r));
-    assert_eq!(one.len(), OVERHEAD + r.data.len());
-    assert_eq!(keys.open(one).unwrap(), r);
-    assert_eq!(keys.open(two).unwrap(), r);
+    for r in [
+        rec(r#"{"name":"Zoë 名前 🚀"}"#),
+        rec_set(r#"{"name":"Zoë 名前 🚀"}"#),
+    ] {
+        let (one, two) = (keys.seal(&r), keys.seal(&r));
+        assert_ne!(one, two, "a nonce was reused");
+        assert_eq!(one[..HEADER_LEN], two[..HEADER_LEN]);
+        assert_eq!(one[..HEADER_LEN], keys.header(&r));
+        assert_eq!(one.len(), OVERHEAD + r.data.len());
+        assert_eq!(keys.open(one).unwrap(), r);
+        assert_eq!(keys.open(two).unwrap(), r);
+    }
     let empty = rec("");
     assert_eq!(keys.open(keys.seal(&empty)).unwrap(), empty);
 }
@@ -94,6 +109,14 @@ fn headers_differ_when_any_field_differs() {
         },
         Record {
             cookie_sent: 1,
+            ..base.clone()
+        },
+        Record {
+            auth_time: Some(1),
+            ..base.clone()
+        },
+        Record {
+            auth_time: Some(2),
             ..base.clone()
         },
     ];
@@ -116,16 +139,17 @@ fn a_value_under_another_sessions_key_fails() {
 #[test]
 fn every_single_bit_flip_outside_touched_fails() {
     let keys = SessionKeys::derive(&SessionId::random());
-    let r = rec(r#"{"userId":1}"#);
-    let sealed = keys.seal(&r);
-    let touched = TOUCHED_AT * 8..(TOUCHED_AT + 8) * 8;
-    for bit in 0..sealed.len() * 8 {
-        let mut bad = sealed.clone();
-        bad[bit / 8] ^= 1 << (bit % 8);
-        if touched.contains(&bit) {
-            // The one clear field the touch script rewrites: the record is unchanged.
-            assert_eq!(keys.open(bad).unwrap(), r, "bit {bit} of touched");
-        } else {
+    for r in [rec(r#"{"userId":1}"#), rec_set(r#"{"userId":1}"#)] {
+        let sealed = keys.seal(&r);
+        let touched = TOUCHED_AT * 8..(TOUCHED_AT + 8) * 8;
+        for bit in 0..sealed.len() * 8 {
+            let mut bad = sealed.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            if touched.contains(&bit) {
+                // The one clear field the touch script rewrites: the record is unchanged.
+                assert_eq!(keys.open(bad).unwrap(), r, "bit {bit} of touched");
+                continue;
+            }
             assert!(keys.open(bad).is_err(), "bit {bit} flipped and it opened");
         }
     }
@@ -161,12 +185,19 @@ fn other_formats_and_short_values_are_refused() {
     v4[0] = 4;
     assert_eq!(keys.open(v4), Err(CorruptRecord::Version(4)));
     assert_eq!(keys.open(Vec::new()), Err(CorruptRecord::Truncated(0)));
-    let sealed = keys.seal(&rec(""));
-    assert_eq!(sealed.len(), OVERHEAD);
-    assert_eq!(
-        keys.open(sealed[..OVERHEAD - 1].to_vec()),
-        Err(CorruptRecord::Truncated(OVERHEAD - 1))
-    );
+    for r in [rec(""), rec_set("")] {
+        let sealed = keys.seal(&r);
+        assert_eq!(sealed.len(), OVERHEAD);
+        assert_eq!(
+            keys.open(sealed[..OVERHEAD - 1].to_vec()),
+            Err(CorruptRecord::Truncated(OVERHEAD - 1))
+        );
+    }
+    // A session without auth_time is not one whose auth_time was flipped to 0: the field
+    // is authenticated like the rest of the header.
+    let mut zeroed = keys.seal(&rec_set("{}"));
+    zeroed[17..25].fill(0);
+    assert_eq!(keys.open(zeroed), Err(CorruptRecord::Unauthentic));
     let msg = CorruptRecord::Version(4).to_string();
     assert!(msg.contains("unknown format version 4"), "{msg}");
 }
@@ -213,10 +244,11 @@ proptest! {
         data in data(),
         created in any::<u64>(),
         cookie_sent in any::<u64>(),
+        auth_time in any::<Option<u64>>(),
         flip in any::<prop::sample::Index>(),
     ) {
         let keys = SessionKeys::derive(&SessionId::random());
-        let r = Record { created, cookie_sent, data: Arc::from(data.as_str()) };
+        let r = Record { created, cookie_sent, data: Arc::from(data.as_str()), auth_time };
         let sealed = keys.seal(&r);
         prop_assert_eq!(keys.open(sealed.clone()).unwrap(), r);
         // Any bit but those of `touched` (bytes 33..41, not authenticated).
