@@ -24,7 +24,9 @@
 #
 # Scenarios: S1 anonymous GET /; S2 GET / with a valid session cookie (nginx-plain gets the
 # same Cookie header and passes it on); S3 GET /login, a new session on every request
-# (through nginx-plain the upstream's header just passes through). They run interleaved,
+# (through nginx-plain the upstream's header just passes through). Two more S2 rows: "sg-required",
+# sessiongate with `/` behind a `session = "required"` route (and CSRF on, the default), and
+# with BASELINE_BIN "baseline", that binary; the report gives each one's CPU difference. They run interleaved,
 # ROUNDS times, and the table shows the median of the rounds. CPU µs/req is the proxy
 # process's utime+stime delta (/proc/PID/stat) over the requests wrk completed, 'user' its
 # utime part; the upstream's CPU is not included (it is the same work for both proxies).
@@ -310,6 +312,29 @@ GATE_MAIN=$GATE_PID
 
 COOKIE=$(login_cookie "$GATE_PORT")
 
+# More S2 rows, interleaved with the two above: "sg-required", this build with `/` behind a
+# `session = "required"` route (CSRF on, as by default), the cost of a protected path; and,
+# with BASELINE_BIN, "baseline", that binary with the memory store.
+declare -A T_PORT=([nginx-plain]=$PROXY_PORT [sessiongate]=$GATE_PORT)
+declare -A T_PID=([nginx-plain]=$PROXY_WORKER [sessiongate]=$GATE_MAIN)
+declare -A T_COOKIE=([nginx-plain]=$COOKIE [sessiongate]=$COOKIE)
+S2_EXTRA=()
+add_s2_target() { # add_s2_target NAME STORE_AND_ROUTE_LINES [BINARY]
+    local port admin
+    free_port port
+    free_port admin
+    start_gate "gate-$1" "$port" "$admin" "$2" "${3:-$BIN}" || die "sessiongate ($1) did not start"
+    T_PORT[$1]=$port
+    T_PID[$1]=$GATE_PID
+    T_COOKIE[$1]=$(login_cookie "$port")
+    S2_EXTRA+=("$1")
+    warm "$port" / "${T_COOKIE[$1]}"
+}
+if [[ " $SCENARIOS " == *" S2 "* ]]; then
+    add_s2_target sg-required 'kind = "memory"\n\n[[route]]\nprefix = "/"\nsession = "required"\n\n[[route]]\nprefix = "/login"'
+    [ -n "${BASELINE_BIN:-}" ] && add_s2_target baseline 'kind = "memory"' "$BASELINE_BIN"
+fi
+
 log "machine: $(nproc) CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
 log "upstream :$UPSTREAM_PORT  nginx-plain :$PROXY_PORT  sessiongate :$GATE_PORT (pid $GATE_MAIN)"
 log "rounds $ROUNDS x ${DURATION}s, wrk -t1 -c$CONNS, servers on CPU $SERVER_CPU, wrk on CPU $LOAD_CPU"
@@ -328,17 +353,22 @@ for round in $(seq "$ROUNDS"); do
             S2) path=/ cookie=$COOKIE ;;
             S3) path=/login cookie="" ;;
         esac
-        for target in $order; do
-            if [ "$target" = nginx-plain ]; then
-                run_wrk "$scenario" "$target" "$round" "$PROXY_PORT" "$path" "$cookie" "$PROXY_WORKER"
-            else
-                run_wrk "$scenario" "$target" "$round" "$GATE_PORT" "$path" "$cookie" "$GATE_MAIN"
-            fi
+        targets=($order)
+        if [ "$scenario" = S2 ] && [ ${#S2_EXTRA[@]} -gt 0 ]; then
+            # Rotate the whole list each round, so no target always runs first.
+            all=(nginx-plain sessiongate "${S2_EXTRA[@]}")
+            targets=()
+            for i in "${!all[@]}"; do targets+=("${all[$(( (i + round) % ${#all[@]} ))]}"); done
+        fi
+        for target in "${targets[@]}"; do
+            [ -z "$cookie" ] || cookie=${T_COOKIE[$target]}
+            run_wrk "$scenario" "$target" "$round" "${T_PORT[$target]}" "$path" "$cookie" "${T_PID[$target]}"
         done
     done
 done
 log "sessiongate after S3: $(sessions_created "$GATE_ADMIN") sessions created, VmRSS $(rss_kb "$GATE_MAIN") kB"
 stop_pid "$GATE_MAIN"
+for t in "${S2_EXTRA[@]}"; do stop_pid "${T_PID[$t]}"; done
 
 # --- Redis -----------------------------------------------------------------------------
 
@@ -498,15 +528,18 @@ if has S2 sessiongate; then
         check "S2 req/s, $t vs memory store" "$(ratio S2 "$t" sessiongate 4)" ">=" "$limit"
     done
 fi
-if has S2 baseline+redis && has S2 sessiongate+redis; then
-    # Round by round (the two ran back to back), then the median of those differences.
-    paired=$(awk -F'\t' '$1 == "S2" && $2 == "sessiongate+redis" {a[$3] = $7}
-        $1 == "S2" && $2 == "baseline+redis" {b[$3] = $7}
-        END {for (r in a) if (r in b) print a[r] - b[r]}' "$RESULTS" | median)
+paired() { # paired LABEL A B: S2 CPU us/req of A minus B, round by round, then the median
+    has S2 "$2" && has S2 "$3" || return 0
+    local d
+    d=$(awk -F'\t' -v a="$2" -v b="$3" '$1 == "S2" && $2 == a {x[$3] = $7}
+        $1 == "S2" && $2 == b {y[$3] = $7}
+        END {for (r in x) if (r in y) print x[r] - y[r]}' "$RESULTS" | median)
     printf '  %-44s %+8.2f us (median of per-round differences; medians %s and %s)\n' \
-        "S2 redis CPU/req, this build - baseline" "$paired" \
-        "$(col S2 sessiongate+redis 7)" "$(col S2 baseline+redis 7)"
-fi
+        "$1" "$d" "$(col S2 "$2" 7)" "$(col S2 "$3" 7)"
+}
+paired "S2 CPU/req, required route - plain" sg-required sessiongate
+paired "S2 CPU/req, this build - baseline" sessiongate baseline
+paired "S2 redis CPU/req, this build - baseline" sessiongate+redis baseline+redis
 if [ -n "${rss2:-}" ]; then
     check "VmRSS MB with $n2 sessions" "$(awk -v k="$rss2" 'BEGIN {printf "%.0f", k / 1024}')" "<=" 400
     check "S2 p99 with $n2 vs $n1 sessions" "$(ratio S2 "sg-${n2}-sessions" "sg-${n1}-sessions" 6)" "<=" 1.1
