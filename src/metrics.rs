@@ -29,6 +29,9 @@ pub const UPSTREAM_ERRORS: &str = "sessiongate_upstream_errors";
 pub const UPSTREAM_SECONDS: &str = "sessiongate_upstream_seconds";
 /// `sessiongate_in_flight_requests` (gauge).
 pub const IN_FLIGHT: &str = "sessiongate_in_flight_requests";
+// --- Scale and limits ---
+/// Gauge: open client connections (`server.max_connections` is their ceiling).
+pub const CLIENT_CONNECTIONS: &str = "sessiongate_client_connections";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabel {
@@ -103,6 +106,8 @@ pub struct Metrics {
     upstream_errors: Family<KindLabel, Counter>,
     upstream_seconds: Histogram,
     in_flight: Gauge,
+    /// Scale and limits: open client connections.
+    client_connections: Gauge,
 }
 
 impl Default for Metrics {
@@ -153,6 +158,12 @@ impl Metrics {
             upstream_seconds.clone(),
         );
         registry.register(IN_FLIGHT, "Requests being served", in_flight.clone());
+        let client_connections = Gauge::default();
+        registry.register(
+            CLIENT_CONNECTIONS,
+            "Open client connections",
+            client_connections.clone(),
+        );
         // Every label value exists from the start, so dashboards and rate() see zeros
         // rather than absent series.
         let lookup_counters =
@@ -175,6 +186,7 @@ impl Metrics {
             upstream_errors,
             upstream_seconds,
             in_flight,
+            client_connections,
         }
     }
 
@@ -230,6 +242,11 @@ impl Metrics {
     /// The in-flight gauge; increment on entry and decrement on exit.
     pub fn in_flight(&self) -> &Gauge {
         &self.in_flight
+    }
+
+    /// The open client connections gauge (a connection's slot keeps it up to date).
+    pub fn client_connections(&self) -> &Gauge {
+        &self.client_connections
     }
 }
 

@@ -10,17 +10,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::{HeaderValue, Request, header};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::admin::{self, Admin};
-use crate::config::{Config, StoreKind};
+use crate::config::{Config, ConnSettings, StoreKind};
+use crate::conn::{ConnState, Connections, KeepAlive, TicketBody, Tracked, drive};
+use crate::fdlimit;
 use crate::metrics::Metrics;
 use crate::proxy::{Gate, Peer};
 use crate::secrets::Secrets;
@@ -39,6 +42,9 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// How long in-flight requests may take to finish after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// Connections, keep-alive and HTTP/2 limits; `max_connections = 0` is resolved by
+    /// [`serve`] from the descriptor limit.
+    pub conn: ConnSettings,
 }
 
 impl Limits {
@@ -48,6 +54,25 @@ impl Limits {
             header_read_timeout: config.server.header_read_timeout,
             max_header_bytes: config.server.max_header_bytes,
             shutdown_grace: config.server.shutdown_grace,
+            conn: config.server.conn,
+        }
+    }
+
+    /// The client connection ceiling: `server.max_connections`, or when it is 0 the one
+    /// the descriptor limit allows ([`fdlimit::ceiling`]).
+    pub fn max_connections(&self) -> usize {
+        match self.conn.max_connections {
+            0 => fdlimit::current()
+                .map_or(fdlimit::ceiling(1024), |(soft, _)| fdlimit::ceiling(soft)),
+            n => n,
+        }
+    }
+
+    fn keep_alive(&self) -> KeepAlive {
+        KeepAlive {
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.conn.keepalive_timeout,
+            max_requests: self.conn.keepalive_requests,
         }
     }
 }
@@ -267,6 +292,9 @@ pub fn start_on(
 }
 
 /// Accepts connections until `shutdown` completes, then drains them within the grace.
+///
+/// At most [`Limits::max_connections`] are open at once: past it the loop waits for one
+/// to close before it accepts again, and the kernel's listen backlog holds new ones.
 pub async fn serve(
     listener: TcpListener,
     gate: Arc<Gate>,
@@ -274,46 +302,87 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    let graceful = GracefulShutdown::new();
+    let builder = builder(&limits);
+    let rules = limits.keep_alive();
+    let max_connections = limits.max_connections();
+    let connections =
+        Connections::new(max_connections, gate.metrics().client_connections().clone());
+    info!(max_connections, "client connection ceiling");
+    let mut backoff = AcceptBackoff::default();
+    let mut ceiling_logged: Option<tokio::time::Instant> = None;
     tokio::pin!(shutdown);
 
     loop {
+        let room = match connections.try_reserve() {
+            Some(room) => room,
+            None => {
+                // Once a minute at most: a saturated proxy reaches it on every accept.
+                if ceiling_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                    ceiling_logged = Some(tokio::time::Instant::now());
+                    warn!(
+                        max_connections,
+                        "server.max_connections reached: new connections wait in the listen backlog until one closes"
+                    );
+                }
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    room = connections.reserve() => room,
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
+                Ok(pair) => {
+                    backoff.reset();
+                    pair
+                }
                 Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+                    drop(room);
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = backoff.wait(&e) => continue,
+                    }
                 }
             },
         };
         let _ = stream.set_nodelay(true);
-        let gate = gate.clone();
-        let service = move |tls: bool| {
-            let peer = Peer::new(peer, tls);
-            service_fn(move |req| gate.clone().handle(req, peer.clone()))
+        let state = ConnState::new(&rules);
+        let stream = Tracked::new(stream, state.clone(), connections.admit(room));
+        let service = {
+            let gate = gate.clone();
+            let state = state.clone();
+            move |tls: bool| {
+                let peer = Peer::new(peer, tls);
+                service_fn(move |req: Request<Incoming>| {
+                    let http1 = req.version() <= http::Version::HTTP_11;
+                    let (ticket, last) = state.begin(!http1);
+                    let res = gate.clone().handle(req, peer.clone());
+                    async move {
+                        let mut res = res.await?;
+                        if last && http1 {
+                            // server.keepalive_requests: hyper closes after this response.
+                            res.headers_mut()
+                                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                        }
+                        Ok::<_, std::convert::Infallible>(
+                            res.map(|body| TicketBody::new(body, ticket)),
+                        )
+                    }
+                })
+            }
         };
+        let watcher = connections.watcher();
         match &tls {
             None => {
                 let conn = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), service(false))
                     .into_owned();
-                let conn = graceful.watch(conn);
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    let closing = |c: std::pin::Pin<&mut _>| {
+                        auto::UpgradeableConnection::graceful_shutdown(c)
+                    };
+                    if let Err(e) = drive(conn, closing, state, rules, watcher).await {
                         debug!(error = %e, "connection ended with an error");
                     }
                 });
@@ -322,7 +391,6 @@ pub async fn serve(
                 // The handshake runs in the connection's task, bounded like a header read.
                 let acceptor = tls.acceptor();
                 let builder = builder.clone();
-                let watcher = graceful.watcher();
                 let handshake_timeout = limits.header_read_timeout;
                 tokio::spawn(async move {
                     let stream = match tokio::time::timeout(
@@ -338,7 +406,10 @@ pub async fn serve(
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service(true))
                         .into_owned();
-                    if let Err(e) = watcher.watch(conn).await {
+                    let closing = |c: std::pin::Pin<&mut _>| {
+                        auto::UpgradeableConnection::graceful_shutdown(c)
+                    };
+                    if let Err(e) = drive(conn, closing, state, rules, watcher).await {
                         debug!(error = %e, "connection ended with an error");
                     }
                 });
@@ -347,7 +418,7 @@ pub async fn serve(
     }
     drop(listener);
     info!(
-        connections = graceful.count(),
+        connections = connections.serving(),
         "shutting down: draining connections"
     );
     // Lame-duck phase: responses now carry `Connection: close`, so busy keep-alive
@@ -355,12 +426,66 @@ pub async fn serve(
     // which keeps the close-while-the-client-sends race to connections idle all along.
     gate.start_draining();
     let lame_duck_end = tokio::time::Instant::now() + LAME_DUCK;
-    while graceful.count() > 0 && tokio::time::Instant::now() < lame_duck_end {
+    while connections.serving() > 0 && tokio::time::Instant::now() < lame_duck_end {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    connections.shutdown();
     tokio::select! {
-        () = graceful.shutdown() => info!("all connections closed"),
+        () = connections.closed() => info!("all connections closed"),
         () = tokio::time::sleep(limits.shutdown_grace) => warn!("shutdown grace over; closing remaining connections"),
+    }
+}
+
+/// The connection builder: HTTP/1 (the header read timer is [`drive`]'s, not hyper's) and
+/// HTTP/2 with the `[server]` limits.
+fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_buf_size(limits.max_header_bytes);
+    let c = &limits.conn;
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(c.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(c.h2_max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(c.h2_max_local_error_reset_streams)
+        .max_send_buf_size(c.h2_max_send_buf_bytes);
+    builder
+}
+
+/// Failed accepts. Out of descriptors or memory (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`)
+/// the listener would fail again at once, so the loop sleeps, doubling from 10 ms to 1 s,
+/// and logs once per episode. Anything else concerns one connection only (it was reset
+/// before it was accepted): the loop goes on.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    failures: u32,
+}
+
+impl AcceptBackoff {
+    async fn wait(&mut self, e: &std::io::Error) {
+        let exhausted = matches!(e.raw_os_error(), Some(23 | 24 | 105 | 12))
+            || e.kind() == std::io::ErrorKind::OutOfMemory;
+        if !exhausted {
+            return debug!(error = %e, "accept failed");
+        }
+        if self.failures == 0 {
+            warn!(error = %e, "accept failed: out of descriptors or memory; retrying with backoff (raise the descriptor limit or lower server.max_connections)");
+        }
+        let delay = Duration::from_millis(10 << self.failures.min(7)).min(Duration::from_secs(1));
+        self.failures += 1;
+        tokio::time::sleep(delay).await;
+    }
+
+    fn reset(&mut self) {
+        if self.failures > 0 {
+            info!(failures = self.failures, "accepting again");
+            self.failures = 0;
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::Validator;
 use crate::cidr::Cidr;
-use crate::config::{ConfigError, RawServer, ServerSettings, UpstreamUrl};
+use crate::config::{ConfigError, ConnSettings, RawServer, ServerSettings, UpstreamUrl};
 
 impl Validator<'_> {
     /// Checks `[server]` and resolves `threads = 0` and the `""` that means "off".
@@ -103,6 +103,59 @@ impl Validator<'_> {
             shutdown_grace: Duration::from_millis(server.shutdown_grace_ms),
             tls,
             upstream_ca,
+            conn: self.conn(&server)?,
+        })
+    }
+
+    /// Scale and limits: connections, keep-alive, HTTP/2.
+    fn conn(&self, server: &RawServer) -> Result<ConnSettings, ConfigError> {
+        for (key, v) in [
+            ("server.keepalive_timeout_ms", server.keepalive_timeout_ms),
+            ("server.keepalive_requests", server.keepalive_requests),
+            (
+                "server.h2_max_concurrent_streams",
+                u64::from(server.h2_max_concurrent_streams),
+            ),
+            (
+                "server.h2_max_pending_accept_reset_streams",
+                server.h2_max_pending_accept_reset_streams as u64,
+            ),
+            (
+                "server.h2_max_local_error_reset_streams",
+                server.h2_max_local_error_reset_streams as u64,
+            ),
+        ] {
+            if v == 0 {
+                return Err(self.err(key, "must be greater than 0"));
+            }
+        }
+        if server.h2_max_send_buf_bytes < 16_384 {
+            return Err(self.err(
+                "server.h2_max_send_buf_bytes",
+                format!(
+                    "{} is too small; the minimum is 16384 (one HTTP/2 frame)",
+                    server.h2_max_send_buf_bytes
+                ),
+            ));
+        }
+        if server.max_connections > tokio::sync::Semaphore::MAX_PERMITS {
+            return Err(self.err(
+                "server.max_connections",
+                format!(
+                    "{} is too large; the maximum is {} (0 = derived from the descriptor limit)",
+                    server.max_connections,
+                    tokio::sync::Semaphore::MAX_PERMITS
+                ),
+            ));
+        }
+        Ok(ConnSettings {
+            max_connections: server.max_connections,
+            keepalive_timeout: Duration::from_millis(server.keepalive_timeout_ms),
+            keepalive_requests: server.keepalive_requests,
+            h2_max_concurrent_streams: server.h2_max_concurrent_streams,
+            h2_max_pending_accept_reset_streams: server.h2_max_pending_accept_reset_streams,
+            h2_max_local_error_reset_streams: server.h2_max_local_error_reset_streams,
+            h2_max_send_buf_bytes: server.h2_max_send_buf_bytes,
         })
     }
 
