@@ -140,7 +140,11 @@ pub struct ConnState {
     /// 0 while none has.
     head_started_ms: AtomicU64,
     h2: AtomicBool,
-    /// A request head started, or the request cap was reached.
+    /// The last request had a body (its bytes may run on past the head).
+    last_had_body: AtomicBool,
+    /// A 101 was sent: the socket now carries another protocol.
+    upgraded: AtomicBool,
+    /// A request head started, the last request ended, or the request cap was reached.
     wake: Notify,
 }
 
@@ -157,6 +161,8 @@ impl ConnState {
             // timeout; the idle timeout only applies between requests.
             head_started_ms: AtomicU64::new(1),
             h2: AtomicBool::new(false),
+            last_had_body: AtomicBool::new(false),
+            upgraded: AtomicBool::new(false),
             wake: Notify::new(),
         })
     }
@@ -167,10 +173,11 @@ impl ConnState {
 
     /// A request arrived: returns its ticket (held until its response body ends) and
     /// whether it is the connection's last.
-    pub fn begin(self: &Arc<Self>, http2: bool) -> (Ticket, bool) {
+    pub fn begin(self: &Arc<Self>, http2: bool, has_body: bool) -> (Ticket, bool) {
         if http2 {
             self.h2.store(true, Ordering::Relaxed);
         }
+        self.last_had_body.store(has_body, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.head_started_ms.store(0, Ordering::Relaxed);
         let n = self.requests.fetch_add(1, Ordering::AcqRel) + 1;
@@ -183,6 +190,9 @@ impl ConnState {
     fn end(&self) {
         if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.idle_since_ms.store(self.now_ms(), Ordering::Relaxed);
+            // Wakes the connection's task, so hyper, now idle, reads again: with nothing
+            // there, [`Tracked`] parks it.
+            self.wake.notify_one();
         }
     }
 
@@ -196,6 +206,30 @@ impl ConnState {
                 .store(self.now_ms() + 1, Ordering::Relaxed);
             self.wake.notify_one();
         }
+    }
+
+    /// The response switched protocols (101): the connection is never parked again.
+    pub fn upgraded(&self) {
+        self.upgraded.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether HTTP/1 may be parked now: idle at a request boundary. Nothing is in flight,
+    /// nothing came since the last response, the last request had no body and every byte
+    /// read so far ends a request head, so hyper's read buffer holds no partial request.
+    fn may_park(&self, tail: u32) -> bool {
+        tail == u32::from_be_bytes(*b"\r\n\r\n")
+            && self.in_flight.load(Ordering::Acquire) == 0
+            && self.head_started_ms.load(Ordering::Relaxed) == 0
+            && self.requests.load(Ordering::Relaxed) > 0
+            && !self.last_had_body.load(Ordering::Relaxed)
+            && !self.upgraded.load(Ordering::Relaxed)
+            && !self.h2.load(Ordering::Relaxed)
+    }
+
+    /// When a parked connection has been idle for the idle timeout.
+    pub fn idle_deadline(&self, rules: &KeepAlive) -> Instant {
+        let since = self.idle_since_ms.load(Ordering::Relaxed);
+        self.at(since) + rules.idle_timeout
     }
 
     fn cap_reached(&self) -> bool {
@@ -302,21 +336,54 @@ impl<B: Body + Unpin> Body for TicketBody<B> {
 }
 
 /// A client socket with its [`Slot`], telling its [`ConnState`] when bytes arrive.
+///
+/// With parking on (plain HTTP/1), it ends hyper's connection when it goes idle at a
+/// request boundary: the read that would wait reports end of stream instead, hyper closes
+/// the connection cleanly without shutting the socket down, and [`Tracked::take_parked`]
+/// tells the caller to wait for the next request outside hyper, so that hyper's read and
+/// write buffers (8 KiB each) are freed between requests (README, Scale and limits).
 #[derive(Debug)]
 pub struct Tracked<S> {
     io: S,
     state: Arc<ConnState>,
     _slot: Slot,
+    parking: bool,
+    parked: bool,
+    /// Everything written has been flushed.
+    flushed: bool,
+    /// The last four bytes read, big-endian.
+    tail: u32,
 }
 
 impl<S> Tracked<S> {
-    /// `io`, holding `slot` until it is closed.
-    pub fn new(io: S, state: Arc<ConnState>, slot: Slot) -> Self {
+    /// `io`, holding `slot` until it is closed; `parking` as described above.
+    pub fn new(io: S, state: Arc<ConnState>, slot: Slot, parking: bool) -> Self {
         Self {
             io,
             state,
             _slot: slot,
+            parking,
+            parked: false,
+            flushed: true,
+            tail: 0,
         }
+    }
+
+    /// The socket.
+    pub fn get_ref(&self) -> &S {
+        &self.io
+    }
+
+    /// Turns parking off, for a connection hyper's auto builder serves (HTTP/2 or not yet
+    /// known): it could not be resumed.
+    pub fn no_parking(&mut self) {
+        self.parking = false;
+    }
+
+    /// Whether hyper's connection ended because it was parked (then the socket is open and
+    /// at a request boundary); resets it for the next connection.
+    pub fn take_parked(&mut self) -> bool {
+        std::mem::take(&mut self.parked)
     }
 }
 
@@ -326,10 +393,24 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.parked {
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
-        let res = Pin::new(&mut self.io).poll_read(cx, buf);
-        if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.state.on_read();
+        let res = Pin::new(&mut this.io).poll_read(cx, buf);
+        match &res {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                this.state.on_read();
+                for &b in &buf.filled()[before..] {
+                    this.tail = this.tail << 8 | u32::from(b);
+                }
+            }
+            Poll::Pending if this.parking && this.flushed && this.state.may_park(this.tail) => {
+                this.parked = true;
+                return Poll::Ready(Ok(()));
+            }
+            _ => {}
         }
         res
     }
@@ -341,6 +422,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        self.flushed = false;
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
@@ -349,6 +431,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        self.flushed = false;
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
@@ -357,10 +440,18 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let res = Pin::new(&mut self.io).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = res {
+            self.flushed = true;
+        }
+        res
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.parked {
+            // hyper closing a parked connection: the socket stays open for the next request.
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
@@ -371,16 +462,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
 /// # Errors
 /// The connection's own error.
 pub async fn drive<C, E>(
-    conn: C,
+    mut conn: Pin<&mut C>,
     close: impl Fn(Pin<&mut C>),
-    state: Arc<ConnState>,
+    state: &ConnState,
     rules: KeepAlive,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), E>
 where
     C: Future<Output = Result<(), E>>,
 {
-    let mut conn = std::pin::pin!(conn);
     let timer = tokio::time::sleep_until(
         state.at(u64::try_from(
             rules

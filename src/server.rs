@@ -7,11 +7,14 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, Request, header};
+use hyper::body::Body as _;
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -302,7 +305,9 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let builder = builder(&limits);
+    // Shared, so a connection's task holds pointers, not copies.
+    let builder = Arc::new(builder(&limits));
+    let http1 = Arc::new(http1_builder(&limits));
     let rules = limits.keep_alive();
     let max_connections = limits.max_connections();
     let connections =
@@ -348,18 +353,25 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let state = ConnState::new(&rules);
-        let stream = Tracked::new(stream, state.clone(), connections.admit(room));
+        let slot = connections.admit(room);
         let service = {
             let gate = gate.clone();
             let state = state.clone();
             move |tls: bool| {
                 let peer = Peer::new(peer, tls);
+                let state = state.clone();
+                let gate = gate.clone();
                 service_fn(move |req: Request<Incoming>| {
                     let http1 = req.version() <= http::Version::HTTP_11;
-                    let (ticket, last) = state.begin(!http1);
+                    let has_body = !req.body().is_end_stream();
+                    let (ticket, last) = state.begin(!http1, has_body);
                     let res = gate.clone().handle(req, peer.clone());
+                    let state = state.clone();
                     async move {
                         let mut res = res.await?;
+                        if res.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                            state.upgraded();
+                        }
                         if last && http1 {
                             // server.keepalive_requests: hyper closes after this response.
                             res.headers_mut()
@@ -372,22 +384,27 @@ pub async fn serve(
                 })
             }
         };
-        let watcher = connections.watcher();
+        let mut watcher = connections.watcher();
         match &tls {
             None => {
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service(false))
-                    .into_owned();
+                let stream = Tracked::new(stream, state.clone(), slot, true);
+                let builder = builder.clone();
+                let http1 = http1.clone();
                 tokio::spawn(async move {
-                    let closing = |c: std::pin::Pin<&mut _>| {
-                        auto::UpgradeableConnection::graceful_shutdown(c)
-                    };
-                    if let Err(e) = drive(conn, closing, state, rules, watcher).await {
-                        debug!(error = %e, "connection ended with an error");
-                    }
+                    serve_plain(
+                        stream,
+                        &builder,
+                        &http1,
+                        service,
+                        &state,
+                        rules,
+                        &mut watcher,
+                    )
+                    .await;
                 });
             }
             Some(tls) => {
+                let stream = Tracked::new(stream, state.clone(), slot, false);
                 // The handshake runs in the connection's task, bounded like a header read.
                 let acceptor = tls.acceptor();
                 let builder = builder.clone();
@@ -406,10 +423,9 @@ pub async fn serve(
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service(true))
                         .into_owned();
-                    let closing = |c: std::pin::Pin<&mut _>| {
-                        auto::UpgradeableConnection::graceful_shutdown(c)
-                    };
-                    if let Err(e) = drive(conn, closing, state, rules, watcher).await {
+                    let conn = std::pin::pin!(conn);
+                    let close = |c: Pin<&mut _>| auto::UpgradeableConnection::graceful_shutdown(c);
+                    if let Err(e) = drive(conn, close, &state, rules, &mut watcher).await {
                         debug!(error = %e, "connection ended with an error");
                     }
                 });
@@ -436,8 +452,97 @@ pub async fn serve(
     }
 }
 
-/// The connection builder: HTTP/1 (the header read timer is [`drive`]'s, not hyper's) and
-/// HTTP/2 with the `[server]` limits.
+/// A plain-text connection: HTTP/1 is served by hyper's HTTP/1 connection, one per burst
+/// of requests. When it goes idle at a request boundary it is parked ([`Tracked`]): hyper's
+/// connection and its buffers are dropped, the socket waits for its next request here, and
+/// a fresh connection serves it. Anything that starts like the HTTP/2 preface goes to the
+/// auto builder (h2c), unparked.
+async fn serve_plain<F>(
+    mut io: Tracked<tokio::net::TcpStream>,
+    builder: &auto::Builder<TokioExecutor>,
+    http1: &http1::Builder,
+    service: impl Fn(bool) -> F,
+    state: &ConnState,
+    rules: KeepAlive,
+    watcher: &mut watch::Receiver<bool>,
+) where
+    F: hyper::service::Service<
+            Request<Incoming>,
+            Response = http::Response<TicketBody<crate::proxy::Body>>,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    F::Future: Send + 'static,
+{
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    // The first bytes tell HTTP/1 from h2c; the first request must come within the header
+    // read timeout.
+    let mut first = [0u8; 4];
+    let n = tokio::select! {
+        n = io.get_ref().peek(&mut first) => n.unwrap_or(0),
+        () = tokio::time::sleep(rules.header_read_timeout) => 0,
+        _ = watcher.wait_for(|stop| *stop) => 0,
+    };
+    if n == 0 {
+        return;
+    }
+    if first[..n] == PREFACE[..n] {
+        io.no_parking();
+        // Boxed: the task of every connection would otherwise have room for it.
+        let mut conn = Box::pin(
+            builder
+                .serve_connection_with_upgrades(TokioIo::new(io), service(false))
+                .into_owned(),
+        );
+        let close = |c: Pin<&mut _>| auto::UpgradeableConnection::graceful_shutdown(c);
+        if let Err(e) = drive(conn.as_mut(), close, state, rules, watcher).await {
+            debug!(error = %e, "connection ended with an error");
+        }
+        return;
+    }
+    loop {
+        // Boxed: a parked connection's task then holds a pointer, not hyper's state.
+        let mut conn = Box::new(
+            http1
+                .serve_connection(TokioIo::new(io), service(false))
+                .with_upgrades(),
+        );
+        let close = |c: Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(c);
+        if let Err(e) = drive(Pin::new(&mut *conn), close, state, rules, watcher).await {
+            return debug!(error = %e, "connection ended with an error");
+        }
+        // hyper ended cleanly: only with an empty read buffer, so `read_buf` holds nothing.
+        let Some(parts) = conn.into_parts() else {
+            return; // upgraded: the socket belongs to the upgraded stream now
+        };
+        io = parts.io.into_inner();
+        if !io.take_parked() {
+            return;
+        }
+        tokio::select! {
+            ready = io.get_ref().readable() => if ready.is_err() {
+                return;
+            },
+            () = tokio::time::sleep_until(state.idle_deadline(&rules)) => {
+                return debug!(reason = "idle for server.keepalive_timeout_ms", "closing connection");
+            }
+            _ = watcher.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// hyper's HTTP/1 connection builder; the header read timer is [`drive`]'s, not hyper's.
+fn http1_builder(limits: &Limits) -> http1::Builder {
+    let mut http1 = http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_buf_size(limits.max_header_bytes);
+    http1
+}
+
+/// The auto connection builder (HTTP/1 or HTTP/2, told apart by the preface): HTTP/1 as
+/// [`http1_builder`], HTTP/2 with the `[server]` limits.
 fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

@@ -289,3 +289,32 @@ async fn an_idle_http2_connection_gets_goaway_after_keepalive_timeout_ms() {
     assert!(ended.is_ok(), "idle HTTP/2 connection still open");
     gate.join().await;
 }
+
+#[tokio::test]
+async fn pipelined_requests_are_all_served_across_idle_parking() {
+    trace_init();
+    let app = app().await;
+    let gate = gate(app.addr).run().await;
+    let mut s = TcpStream::connect(gate.addr).await.unwrap();
+    // A request, then an idle pause (the connection is parked between requests).
+    assert!(roundtrip(&mut s, "/0").await.starts_with("HTTP/1.1 200"));
+    // Two whole requests and the start of a third in one write; the rest of it later.
+    s.write_all(b"GET /1 HTTP/1.1\r\nhost: x\r\n\r\nGET /2 HTTP/1.1\r\nhost: x\r\n\r\nGET /3 HTTP/1.1\r\nho")
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    }
+    s.write_all(b"st: x\r\n\r\n").await.unwrap();
+    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    // A request with a body, then one without, on the same connection.
+    s.write_all(b"POST /4 HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\n\r\nbody")
+        .await
+        .unwrap();
+    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    assert!(roundtrip(&mut s, "/5").await.starts_with("HTTP/1.1 200"));
+    let paths: Vec<String> = app.seen().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(paths, ["/0", "/1", "/2", "/3", "/4", "/5"]);
+    assert_eq!(app.seen()[4].body, &b"body"[..]);
+    gate.join().await;
+}
