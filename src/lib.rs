@@ -20,7 +20,8 @@
 //!    metrics ([`metrics`]) once the response is ready, or when the client went away.
 //!
 //! Around it: [`cli`] (the commands), [`config`] (proxy.toml, parsed then validated),
-//! [`secrets`] (the environment), [`signals`], [`tls`], [`admin`] (health and metrics).
+//! [`secrets`] (the environment), [`signals`], [`tls`], [`admin`] (health and metrics),
+//! [`conn`] (the connection ceiling and keep-alive rules) and [`fdlimit`] (descriptors).
 //! Leaf modules: [`cidr`], [`fs`], [`error`].
 
 #![warn(missing_docs)]

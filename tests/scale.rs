@@ -318,3 +318,50 @@ async fn pipelined_requests_are_all_served_across_idle_parking() {
     assert_eq!(app.seen()[4].body, &b"body"[..]);
     gate.join().await;
 }
+
+/// Out of descriptors (a low limit and an explicit max_connections above what it allows),
+/// accept fails with EMFILE: the proxy logs it once, backs off instead of spinning, and
+/// serves again once connections close.
+#[tokio::test]
+async fn out_of_descriptors_accept_backs_off_and_recovers() {
+    trace_init();
+    let app = app().await;
+    let dir = std::env::temp_dir().join(format!("sessiongate-scale-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("proxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nupstream = \"http://{}\"\nthreads = 1\nmax_connections = 1000\n[cookie]\nsecure = false\n[log]\nformat = \"json\"\n",
+            app.addr
+        ),
+    )
+    .unwrap();
+    let mut proxy = spawn_binary_with_nofile(&config, 48);
+    let addr = proxy.listening().await;
+    // Idle connections until the proxy has no descriptor left to accept with.
+    let mut held = Vec::new();
+    for _ in 0..80 {
+        held.push(TcpStream::connect(addr).await.unwrap());
+    }
+    proxy
+        .wait_for("accept failed: out of descriptors or memory; retrying with backoff (raise the descriptor limit or lower server.max_connections)")
+        .await;
+    drop(held);
+    proxy.wait_for("accepting again").await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    assert!(
+        roundtrip(&mut s, "/after")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    let warnings = proxy
+        .log()
+        .iter()
+        .filter(|l| l.contains("accept failed"))
+        .count();
+    assert_eq!(warnings, 1, "one warning per episode: {:?}", proxy.log());
+    proxy.signal("-TERM");
+    assert_eq!(proxy.exit_code().await, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
