@@ -573,6 +573,7 @@ struct AcceptBackoff {
 
 impl AcceptBackoff {
     async fn wait(&mut self, e: &std::io::Error) {
+        // ENFILE, EMFILE, ENOBUFS, ENOMEM (Linux values).
         let exhausted = matches!(e.raw_os_error(), Some(23 | 24 | 105 | 12))
             || e.kind() == std::io::ErrorKind::OutOfMemory;
         if !exhausted {

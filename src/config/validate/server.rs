@@ -208,3 +208,43 @@ impl Validator<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::{MIN, parse_str};
+
+    #[test]
+    fn scale_limits_have_safe_defaults_and_refuse_zero() {
+        let config =
+            crate::config::parse(std::path::Path::new("proxy.toml"), MIN).expect("a valid config");
+        let c = config.server.conn;
+        assert_eq!(c.max_connections, 0, "0 = derived at start");
+        assert_eq!(c.keepalive_timeout.as_millis(), 75_000);
+        assert_eq!(c.keepalive_requests, 10_000);
+        assert_eq!(c.h2_max_concurrent_streams, 100);
+        assert_eq!(c.h2_max_pending_accept_reset_streams, 20);
+        assert_eq!(c.h2_max_local_error_reset_streams, 1024);
+        assert_eq!(c.h2_max_send_buf_bytes, 65_536);
+        for key in [
+            "keepalive_timeout_ms",
+            "keepalive_requests",
+            "h2_max_concurrent_streams",
+            "h2_max_pending_accept_reset_streams",
+            "h2_max_local_error_reset_streams",
+        ] {
+            let err = parse_str(&format!("{MIN}{key} = 0\n")).unwrap_err();
+            assert_eq!(
+                err,
+                format!(
+                    "proxy.toml:3:{}: server.{key}: must be greater than 0",
+                    key.len() + 4
+                )
+            );
+        }
+        let err = parse_str(&format!("{MIN}h2_max_send_buf_bytes = 100\n")).unwrap_err();
+        assert_eq!(
+            err,
+            "proxy.toml:3:25: server.h2_max_send_buf_bytes: 100 is too small; the minimum is 16384 (one HTTP/2 frame)"
+        );
+    }
+}
