@@ -65,6 +65,8 @@ fn load(path: &std::path::Path, env: &dyn Env) -> Result<(Config, Secrets), Stri
 }
 
 fn serve(config: &Config, secrets: &Secrets) -> ExitCode {
+    // Before anything opens a descriptor: every client connection needs one.
+    let nofile = crate::fdlimit::raise();
     let runtime = if config.server.threads == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -81,6 +83,17 @@ fn serve(config: &Config, secrets: &Secrets) -> ExitCode {
     };
     runtime.block_on(async {
         telemetry::init(config.log);
+        match nofile {
+            Ok(n) => tracing::info!(
+                soft = n.soft,
+                hard = n.hard,
+                was = n.was,
+                "descriptor limit (RLIMIT_NOFILE) raised to the hard limit"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot raise the descriptor limit (RLIMIT_NOFILE)")
+            }
+        }
         // Before binding: once the proxy answers, a SIGHUP must not stop it.
         let sighup = signals::Sighup::listen();
         for warning in warnings(config, secrets) {
@@ -109,6 +122,16 @@ pub fn warnings(config: &Config, secrets: &Secrets) -> Vec<String> {
         w.push(format!(
             "cookie.secure = false while listening on {}: the session cookie can travel over plain HTTP",
             config.server.listen
+        ));
+    }
+    if let (n, Ok((_, hard))) = (
+        config.server.conn.max_connections,
+        crate::fdlimit::current(),
+    ) && n > crate::fdlimit::ceiling(hard)
+    {
+        w.push(format!(
+            "server.max_connections = {n} is more than the descriptor limit ({hard}) allows ({}): accepts may fail with \"too many open files\"; raise the limit (LimitNOFILE=) or lower server.max_connections",
+            crate::fdlimit::ceiling(hard)
         ));
     }
     if config
@@ -174,6 +197,50 @@ fn describe_routes(out: &mut String, config: &Config) {
     }
 }
 
+/// Scale and limits, as `check` prints them. `max_connections = 0` shows what the hard
+/// descriptor limit allows, as the proxy raises its soft limit to it at start.
+fn describe_conn(out: &mut String, c: &crate::config::ConnSettings) {
+    match c.max_connections {
+        0 => {
+            let derived = crate::fdlimit::current().map_or_else(
+                |e| format!("unknown: {e}"),
+                |(_, hard)| {
+                    format!(
+                        "{} with the descriptor limit of {hard}",
+                        crate::fdlimit::ceiling(hard)
+                    )
+                },
+            );
+            let _ = writeln!(out, "max_connections = 0 (derived: {derived})");
+        }
+        n => {
+            let _ = writeln!(out, "max_connections = {n}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "keepalive_timeout_ms = {}",
+        c.keepalive_timeout.as_millis()
+    );
+    let _ = writeln!(out, "keepalive_requests = {}", c.keepalive_requests);
+    let _ = writeln!(
+        out,
+        "h2_max_concurrent_streams = {}",
+        c.h2_max_concurrent_streams
+    );
+    let _ = writeln!(
+        out,
+        "h2_max_pending_accept_reset_streams = {}",
+        c.h2_max_pending_accept_reset_streams
+    );
+    let _ = writeln!(
+        out,
+        "h2_max_local_error_reset_streams = {}",
+        c.h2_max_local_error_reset_streams
+    );
+    let _ = writeln!(out, "h2_max_send_buf_bytes = {}", c.h2_max_send_buf_bytes);
+}
+
 /// The resolved settings, as `check` prints them. Secrets appear only as their length.
 pub fn describe(config: &Config, secrets: &Secrets) -> String {
     let mut out = String::new();
@@ -201,6 +268,7 @@ pub fn describe(config: &Config, secrets: &Secrets) -> String {
     let proxies: Vec<String> = s.trusted_proxies.iter().map(ToString::to_string).collect();
     let _ = writeln!(out, "trusted_proxies = [{}]", proxies.join(", "));
     let _ = writeln!(out, "underscores_in_headers = {}", s.underscores_in_headers);
+    describe_conn(&mut out, &s.conn);
     let x = &config.session;
     let _ = writeln!(out, "[session]");
     let _ = writeln!(out, "cookie_name = {}", x.cookie_name);

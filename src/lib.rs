@@ -24,7 +24,8 @@
 //!    metrics ([`metrics`]) once the response is ready, or when the client went away.
 //!
 //! Around it: [`cli`] (the commands), [`config`] (proxy.toml, parsed then validated),
-//! [`secrets`] (the environment), [`signals`], [`tls`], [`admin`] (health and metrics).
+//! [`secrets`] (the environment), [`signals`], [`tls`], [`admin`] (health and metrics),
+//! [`conn`] (the connection ceiling and keep-alive rules) and [`fdlimit`] (descriptors).
 //! Leaf modules: [`cidr`], [`fs`], [`error`].
 
 #![warn(missing_docs)]
@@ -33,8 +34,10 @@ pub mod admin;
 pub mod cidr;
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod cookie;
 pub mod error;
+pub mod fdlimit;
 pub mod fs;
 pub mod metrics;
 pub mod protocol;

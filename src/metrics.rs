@@ -35,6 +35,9 @@ pub const CSRF_REFUSED: &str = "sessiongate_csrf_refused";
 /// `sessiongate_csrf_reported_total`: requests `csrf.report_only` let through that would
 /// have been refused.
 pub const CSRF_REPORTED: &str = "sessiongate_csrf_reported";
+// --- Scale and limits ---
+/// Gauge: open client connections (`server.max_connections` is their ceiling).
+pub const CLIENT_CONNECTIONS: &str = "sessiongate_client_connections";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabel {
@@ -125,6 +128,8 @@ pub struct Metrics {
     in_flight: Gauge,
     csrf_refused: Counter,
     csrf_reported: Counter,
+    /// Scale and limits: open client connections.
+    client_connections: Gauge,
 }
 
 impl Default for Metrics {
@@ -189,6 +194,12 @@ impl Metrics {
             "Cross-origin requests forwarded because csrf.report_only is set",
             csrf_reported.clone(),
         );
+        let client_connections = Gauge::default();
+        registry.register(
+            CLIENT_CONNECTIONS,
+            "Open client connections",
+            client_connections.clone(),
+        );
         // Every label value exists from the start, so dashboards and rate() see zeros
         // rather than absent series.
         let lookup_counters =
@@ -206,6 +217,7 @@ impl Metrics {
             in_flight,
             csrf_refused,
             csrf_reported,
+            client_connections,
         }
     }
 
@@ -299,6 +311,11 @@ impl Metrics {
     /// The in-flight gauge; increment on entry and decrement on exit.
     pub fn in_flight(&self) -> &Gauge {
         &self.in_flight
+    }
+
+    /// The open client connections gauge (a connection's slot keeps it up to date).
+    pub fn client_connections(&self) -> &Gauge {
+        &self.client_connections
     }
 }
 

@@ -114,6 +114,27 @@ pub struct ServerSettings {
     pub upstream_ca: Option<PathBuf>,
     /// Match route prefixes case-insensitively.
     pub case_insensitive_paths: bool,
+    /// Connections, keep-alive and HTTP/2 limits.
+    pub conn: ConnSettings,
+}
+
+/// Validated connection limits of `[server]` (README, Scale and limits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnSettings {
+    /// Open client connections at most; 0 = derived from the descriptor limit at start.
+    pub max_connections: usize,
+    /// Idle keep-alive timeout.
+    pub keepalive_timeout: Duration,
+    /// Requests per connection (never 0).
+    pub keepalive_requests: u64,
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2: client-reset streams not yet served, at most (rapid reset guard).
+    pub h2_max_pending_accept_reset_streams: usize,
+    /// HTTP/2: streams reset for protocol errors before the connection gets GOAWAY.
+    pub h2_max_local_error_reset_streams: usize,
+    /// HTTP/2: bytes buffered per stream for a client that does not read.
+    pub h2_max_send_buf_bytes: usize,
 }
 
 /// `server.upstream`: the application's scheme and host:port (no path, no userinfo).

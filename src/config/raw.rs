@@ -56,6 +56,21 @@ pub struct RawServer {
     pub tls: Option<RawTls>,
     /// Match route prefixes case-insensitively (SPEC §11).
     pub case_insensitive_paths: bool,
+    // --- Scale and limits (connections, keep-alive, HTTP/2) ---
+    /// Open client connections at most; 0 = derived from the descriptor limit.
+    pub max_connections: usize,
+    /// How long an idle keep-alive connection stays open.
+    pub keepalive_timeout_ms: u64,
+    /// Requests per connection; after it the connection closes.
+    pub keepalive_requests: u64,
+    /// HTTP/2: streams a client may have open at once.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2: streams reset by the client before being served, at most, per connection.
+    pub h2_max_pending_accept_reset_streams: usize,
+    /// HTTP/2: streams the proxy resets for a client's protocol error, before GOAWAY.
+    pub h2_max_local_error_reset_streams: usize,
+    /// HTTP/2: response bytes buffered per stream while the client does not read.
+    pub h2_max_send_buf_bytes: usize,
 }
 
 impl Default for RawServer {
@@ -74,6 +89,13 @@ impl Default for RawServer {
             upstream_ca: String::new(),
             tls: None,
             case_insensitive_paths: false,
+            max_connections: 0,
+            keepalive_timeout_ms: 75_000,
+            keepalive_requests: 10_000,
+            h2_max_concurrent_streams: 100,
+            h2_max_pending_accept_reset_streams: 20,
+            h2_max_local_error_reset_streams: 1024,
+            h2_max_send_buf_bytes: 65_536,
         }
     }
 }

@@ -32,7 +32,21 @@ pub struct GateProcess {
 /// Runs the binary with `-c config`, [`SECRET`], [`UPSTREAM_SECRET`] and `RUST_LOG=info`;
 /// stdout is read as the JSON log, stderr goes to the test's.
 pub fn spawn_binary(config: &Path) -> GateProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sessiongate"))
+    spawn(Command::new(env!("CARGO_BIN_EXE_sessiongate")), config)
+}
+
+/// [`spawn_binary`] with the descriptor limit (soft and hard) set to `nofile`, through
+/// `sh`'s `ulimit`.
+pub fn spawn_binary_with_nofile(config: &Path, nofile: u32) -> GateProcess {
+    let mut sh = Command::new("sh");
+    sh.arg("-c")
+        .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_sessiongate"));
+    spawn(sh, config)
+}
+
+fn spawn(mut command: Command, config: &Path) -> GateProcess {
+    let mut child = command
         .arg("-c")
         .arg(config)
         .env_remove("SESSION_SECRET_PREVIOUS")

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::Validator;
 use crate::cidr::Cidr;
-use crate::config::{ConfigError, RawServer, ServerSettings, UpstreamUrl};
+use crate::config::{ConfigError, ConnSettings, RawServer, ServerSettings, UpstreamUrl};
 
 impl Validator<'_> {
     /// Checks `[server]` and resolves `threads = 0` and the `""` that means "off".
@@ -116,6 +116,59 @@ impl Validator<'_> {
             tls,
             upstream_ca,
             case_insensitive_paths: server.case_insensitive_paths,
+            conn: self.conn(&server)?,
+        })
+    }
+
+    /// Scale and limits: connections, keep-alive, HTTP/2.
+    fn conn(&self, server: &RawServer) -> Result<ConnSettings, ConfigError> {
+        for (key, v) in [
+            ("server.keepalive_timeout_ms", server.keepalive_timeout_ms),
+            ("server.keepalive_requests", server.keepalive_requests),
+            (
+                "server.h2_max_concurrent_streams",
+                u64::from(server.h2_max_concurrent_streams),
+            ),
+            (
+                "server.h2_max_pending_accept_reset_streams",
+                server.h2_max_pending_accept_reset_streams as u64,
+            ),
+            (
+                "server.h2_max_local_error_reset_streams",
+                server.h2_max_local_error_reset_streams as u64,
+            ),
+        ] {
+            if v == 0 {
+                return Err(self.err(key, "must be greater than 0"));
+            }
+        }
+        if server.h2_max_send_buf_bytes < 16_384 {
+            return Err(self.err(
+                "server.h2_max_send_buf_bytes",
+                format!(
+                    "{} is too small; the minimum is 16384 (one HTTP/2 frame)",
+                    server.h2_max_send_buf_bytes
+                ),
+            ));
+        }
+        if server.max_connections > tokio::sync::Semaphore::MAX_PERMITS {
+            return Err(self.err(
+                "server.max_connections",
+                format!(
+                    "{} is too large; the maximum is {} (0 = derived from the descriptor limit)",
+                    server.max_connections,
+                    tokio::sync::Semaphore::MAX_PERMITS
+                ),
+            ));
+        }
+        Ok(ConnSettings {
+            max_connections: server.max_connections,
+            keepalive_timeout: Duration::from_millis(server.keepalive_timeout_ms),
+            keepalive_requests: server.keepalive_requests,
+            h2_max_concurrent_streams: server.h2_max_concurrent_streams,
+            h2_max_pending_accept_reset_streams: server.h2_max_pending_accept_reset_streams,
+            h2_max_local_error_reset_streams: server.h2_max_local_error_reset_streams,
+            h2_max_send_buf_bytes: server.h2_max_send_buf_bytes,
         })
     }
 
@@ -161,5 +214,45 @@ impl Validator<'_> {
             scheme: scheme.clone(),
             authority: authority.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::{MIN, parse_str};
+
+    #[test]
+    fn scale_limits_have_safe_defaults_and_refuse_zero() {
+        let config =
+            crate::config::parse(std::path::Path::new("proxy.toml"), MIN).expect("a valid config");
+        let c = config.server.conn;
+        assert_eq!(c.max_connections, 0, "0 = derived at start");
+        assert_eq!(c.keepalive_timeout.as_millis(), 75_000);
+        assert_eq!(c.keepalive_requests, 10_000);
+        assert_eq!(c.h2_max_concurrent_streams, 100);
+        assert_eq!(c.h2_max_pending_accept_reset_streams, 20);
+        assert_eq!(c.h2_max_local_error_reset_streams, 1024);
+        assert_eq!(c.h2_max_send_buf_bytes, 65_536);
+        for key in [
+            "keepalive_timeout_ms",
+            "keepalive_requests",
+            "h2_max_concurrent_streams",
+            "h2_max_pending_accept_reset_streams",
+            "h2_max_local_error_reset_streams",
+        ] {
+            let err = parse_str(&format!("{MIN}{key} = 0\n")).unwrap_err();
+            assert_eq!(
+                err,
+                format!(
+                    "proxy.toml:3:{}: server.{key}: must be greater than 0",
+                    key.len() + 4
+                )
+            );
+        }
+        let err = parse_str(&format!("{MIN}h2_max_send_buf_bytes = 100\n")).unwrap_err();
+        assert_eq!(
+            err,
+            "proxy.toml:3:25: server.h2_max_send_buf_bytes: 100 is too small; the minimum is 16384 (one HTTP/2 frame)"
+        );
     }
 }
