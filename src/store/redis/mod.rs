@@ -65,8 +65,8 @@ use redis::cluster::ClusterClientBuilder;
 use redis::{RedisError, Value};
 
 use self::conn::{Conn, Slot, mask_password};
-use self::sentinel::Sentinel;
 use self::reads::TOUCH_SCRIPT;
+use self::sentinel::Sentinel;
 use super::seal::{KEY_HASH_TEXT_LEN, KeyHash, SessionKeys};
 use super::{Cas, SessionStore, StoreError};
 use crate::config::StoreSettings;
@@ -484,8 +484,9 @@ impl SessionStore for RedisStore {
 
 mod cache;
 mod conn;
-mod sentinel;
 mod reads;
+mod sentinel;
 #[cfg(test)]
 mod tests;
 mod tracking;
+mod wire;
