@@ -255,7 +255,9 @@ mod tests {
         ))
         .unwrap_err();
         assert!(
-            err.starts_with("proxy.toml:6:15: store.local_cache: cannot be combined with store.sentinel"),
+            err.starts_with(
+                "proxy.toml:6:15: store.local_cache: cannot be combined with store.sentinel"
+            ),
             "{err}"
         );
         let err = parse_str(&format!(
