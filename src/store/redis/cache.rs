@@ -43,6 +43,9 @@ use crate::session::Record;
 /// Buckets of invalidation generations (a power of two).
 const BUCKETS: usize = 4096;
 
+/// The live session's tracking connections, checked before a hit is served.
+type Wires = Arc<[Arc<Wire>]>;
+
 /// A cached session: the record and its `touched` (Unix seconds), as read from Redis.
 #[derive(Clone)]
 pub(super) struct Entry {
@@ -86,7 +89,7 @@ struct State {
     epoch: u64,
     generations: Box<[u64]>,
     /// The live session's tracking connections (none unless live).
-    wires: Arc<[Arc<Wire>]>,
+    wires: Wires,
 }
 
 /// The cache; shared by the store and its tracking task.
@@ -146,12 +149,7 @@ impl LocalCache {
 
     /// The entry for `key` and the wires to check before it is served, or what
     /// [`get`](Self::get) answers for a miss.
-    fn lookup(
-        &self,
-        key: &str,
-        now: u64,
-        ttl_secs: u64,
-    ) -> Result<(Entry, Arc<[Arc<Wire>]>), Option<Ticket>> {
+    fn lookup(&self, key: &str, now: u64, ttl_secs: u64) -> Result<(Entry, Wires), Option<Ticket>> {
         let bucket = self.bucket(key);
         let mut st = self.lock();
         if st.phase != Phase::Live {
