@@ -20,19 +20,31 @@
 //! first and the invalidation removes it, or the invalidation comes first and the insert is
 //! refused. A bucket is shared by about 1/4096 of the keys, so an unrelated write at worst
 //! costs one refused insert (the next read inserts), never a stale entry.
+//!
+//! # An invalidation received but not applied yet
+//!
+//! A hit is served only if, after it was found, every tracking connection's [`Wire`] is
+//! quiet (nothing received waits to be applied), and the entry is still there when looked
+//! up again after that check ([`LocalCache::get`]; see [`wire`](super::wire)). Otherwise
+//! it is a miss: Redis is read, never waited for.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::num::NonZeroUsize;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use lru::LruCache;
+
+use super::wire::Wire;
 
 use crate::metrics::RedisReadMetrics;
 use crate::session::Record;
 
 /// Buckets of invalidation generations (a power of two).
 const BUCKETS: usize = 4096;
+
+/// The live session's tracking connections, checked before a hit is served.
+type Wires = Arc<[Arc<Wire>]>;
 
 /// A cached session: the record and its `touched` (Unix seconds), as read from Redis.
 #[derive(Clone)]
@@ -59,6 +71,16 @@ enum Phase {
     Down,
 }
 
+impl State {
+    fn ticket(&self, bucket: usize) -> Ticket {
+        Ticket {
+            epoch: self.epoch,
+            bucket,
+            generation: self.generations[bucket],
+        }
+    }
+}
+
 struct State {
     entries: LruCache<String, Entry>,
     /// The current tracking session.
@@ -66,6 +88,8 @@ struct State {
     phase: Phase,
     epoch: u64,
     generations: Box<[u64]>,
+    /// The live session's tracking connections (none unless live).
+    wires: Wires,
 }
 
 /// The cache; shared by the store and its tracking task.
@@ -86,6 +110,7 @@ impl LocalCache {
                 phase: Phase::Down,
                 epoch: 0,
                 generations: vec![0; BUCKETS].into_boxed_slice(),
+                wires: Arc::new([]),
             }),
             hasher: RandomState::new(),
             metrics,
@@ -102,24 +127,29 @@ impl LocalCache {
         (self.hasher.hash_one(key) as usize) & (BUCKETS - 1)
     }
 
-    /// Counts a lookup's final result (a hit confirmed after the yield, see the store).
-    pub(super) fn count(&self, hit: bool) {
-        if hit {
+    /// The entry for `key` if tracking is live, the entry is younger than `ttl_secs` since
+    /// its last touch at `now`, and no tracking connection holds an invalidation not applied
+    /// yet (see the module docs); otherwise a ticket to insert what a read of Redis returns
+    /// (`None`: do not insert, tracking is not live). Counts the hit or miss.
+    pub(super) fn get(&self, key: &str, now: u64, ttl_secs: u64) -> Result<Entry, Option<Ticket>> {
+        let found = match self.lookup(key, now, ttl_secs) {
+            Ok((_, wires)) if wires.iter().all(|w| w.is_quiet()) => {
+                self.lookup(key, now, ttl_secs).map(|(entry, _)| entry)
+            }
+            Ok(_) => Err(self.ticket(key)),
+            Err(miss) => Err(miss),
+        };
+        if found.is_ok() {
             self.metrics.cache_hits.inc();
         } else {
             self.metrics.cache_misses.inc();
         }
+        found
     }
 
-    /// The entry for `key` if tracking is live and the entry is younger than `ttl_secs`
-    /// since its last touch at `now`; otherwise a ticket to insert what a read of Redis
-    /// returns (`None`: do not insert, tracking is not live).
-    pub(super) fn lookup(
-        &self,
-        key: &str,
-        now: u64,
-        ttl_secs: u64,
-    ) -> Result<Entry, Option<Ticket>> {
+    /// The entry for `key` and the wires to check before it is served, or what
+    /// [`get`](Self::get) answers for a miss.
+    fn lookup(&self, key: &str, now: u64, ttl_secs: u64) -> Result<(Entry, Wires), Option<Ticket>> {
         let bucket = self.bucket(key);
         let mut st = self.lock();
         if st.phase != Phase::Live {
@@ -127,7 +157,7 @@ impl LocalCache {
         }
         match st.entries.get(key) {
             Some(e) if now < e.touched.saturating_add(ttl_secs) => {
-                return Ok(e.clone());
+                return Ok((e.clone(), st.wires.clone()));
             }
             Some(_) => {
                 // Past the expiry its last touch gave it: Redis decides.
@@ -135,12 +165,14 @@ impl LocalCache {
             }
             None => {}
         }
-        let ticket = Ticket {
-            epoch: st.epoch,
-            bucket,
-            generation: st.generations[bucket],
-        };
-        Err(Some(ticket))
+        Err(Some(st.ticket(bucket)))
+    }
+
+    /// A ticket for a read of `key` that starts now (`None` unless live).
+    fn ticket(&self, key: &str) -> Option<Ticket> {
+        let bucket = self.bucket(key);
+        let st = self.lock();
+        (st.phase == Phase::Live).then(|| st.ticket(bucket))
     }
 
     /// Inserts what a read that took `ticket` returned, unless an invalidation, a flush or
@@ -184,16 +216,19 @@ impl LocalCache {
         st.epoch = st.epoch.wrapping_add(1);
         st.session = session;
         st.phase = Phase::Starting;
+        st.wires = Arc::new([]);
     }
 
-    /// Every connection of `session` tracks: serve from the cache. False when the session
-    /// already dropped (or was replaced) while it was being set up.
-    pub(super) fn go_live(&self, session: u64) -> bool {
+    /// Every connection of `session` tracks: serve from the cache while all of `wires` are
+    /// quiet. False when the session already dropped (or was replaced) while it was being
+    /// set up.
+    pub(super) fn go_live(&self, session: u64, wires: Vec<Arc<Wire>>) -> bool {
         let mut st = self.lock();
         if st.session != session || st.phase != Phase::Starting {
             return false;
         }
         st.phase = Phase::Live;
+        st.wires = wires.into();
         true
     }
 
@@ -209,6 +244,7 @@ impl LocalCache {
         st.entries.clear();
         st.epoch = st.epoch.wrapping_add(1);
         st.phase = Phase::Down;
+        st.wires = Arc::new([]);
         drop(st);
         if was_live {
             self.metrics.flushes.inc();
@@ -243,12 +279,12 @@ mod tests {
     fn live(capacity: usize) -> LocalCache {
         let cache = LocalCache::new(capacity, RedisReadMetrics::default());
         cache.begin(1);
-        assert!(cache.go_live(1));
+        assert!(cache.go_live(1, Vec::new()));
         cache
     }
 
     fn ticket(cache: &LocalCache, key: &str) -> Ticket {
-        match cache.lookup(key, NOW, TTL) {
+        match cache.get(key, NOW, TTL) {
             Err(Some(t)) => t,
             Ok(_) => panic!("{key} was cached"),
             Err(None) => panic!("not live"),
@@ -261,7 +297,7 @@ mod tests {
         let t = ticket(&cache, "k");
         cache.insert("k".into(), t, entry("{}"));
         assert_eq!(
-            cache.lookup("k", NOW, TTL).ok().unwrap().rec.data.as_ref(),
+            cache.get("k", NOW, TTL).ok().unwrap().rec.data.as_ref(),
             "{}"
         );
     }
@@ -272,11 +308,11 @@ mod tests {
         let t = ticket(&cache, "k");
         cache.invalidate("k");
         cache.insert("k".into(), t, entry("{\"old\":1}"));
-        assert!(cache.lookup("k", NOW, TTL).is_err());
+        assert!(cache.get("k", NOW, TTL).is_err());
         // A read taken after the invalidation inserts.
         let t = ticket(&cache, "k");
         cache.insert("k".into(), t, entry("{}"));
-        assert!(cache.lookup("k", NOW, TTL).is_ok());
+        assert!(cache.get("k", NOW, TTL).is_ok());
     }
 
     #[test]
@@ -285,25 +321,25 @@ mod tests {
         let t = ticket(&cache, "k");
         cache.insert("k".into(), t, entry("{}"));
         cache.invalidate("k");
-        assert!(cache.lookup("k", NOW, TTL).is_err());
+        assert!(cache.get("k", NOW, TTL).is_err());
     }
 
     #[test]
     fn nothing_is_served_or_inserted_unless_live() {
         let cache = LocalCache::new(10, RedisReadMetrics::default());
-        assert!(matches!(cache.lookup("k", NOW, TTL), Err(None)));
+        assert!(matches!(cache.get("k", NOW, TTL), Err(None)));
         cache.begin(1);
-        assert!(matches!(cache.lookup("k", NOW, TTL), Err(None)));
-        assert!(cache.go_live(1));
+        assert!(matches!(cache.get("k", NOW, TTL), Err(None)));
+        assert!(cache.go_live(1, Vec::new()));
         let t = ticket(&cache, "k");
         // The session drops between the read and the insert.
         cache.drop_session(1);
         cache.insert("k".into(), t, entry("{}"));
-        assert!(matches!(cache.lookup("k", NOW, TTL), Err(None)));
+        assert!(matches!(cache.get("k", NOW, TTL), Err(None)));
         // A drop during set-up keeps the next go_live from serving.
         cache.begin(2);
         cache.drop_session(2);
-        assert!(!cache.go_live(2));
+        assert!(!cache.go_live(2, Vec::new()));
         assert!(!cache.is_live());
     }
 
@@ -313,15 +349,12 @@ mod tests {
         let t = ticket(&cache, "k");
         cache.insert("k".into(), t, entry("{}"));
         cache.drop_session(0);
-        assert!(
-            cache.lookup("k", NOW, TTL).is_ok(),
-            "an older session's drop"
-        );
+        assert!(cache.get("k", NOW, TTL).is_ok(), "an older session's drop");
         cache.drop_session(1);
         assert_eq!(cache.len(), 0);
         cache.begin(2);
-        assert!(cache.go_live(2));
-        assert!(cache.lookup("k", NOW, TTL).is_err());
+        assert!(cache.go_live(2, Vec::new()));
+        assert!(cache.get("k", NOW, TTL).is_err());
     }
 
     #[test]
@@ -329,8 +362,8 @@ mod tests {
         let cache = live(10);
         let t = ticket(&cache, "k");
         cache.insert("k".into(), t, entry("{}"));
-        assert!(cache.lookup("k", NOW + TTL - 1, TTL).is_ok());
-        assert!(cache.lookup("k", NOW + TTL, TTL).is_err());
+        assert!(cache.get("k", NOW + TTL - 1, TTL).is_ok());
+        assert!(cache.get("k", NOW + TTL, TTL).is_err());
         assert_eq!(cache.len(), 0);
     }
 
@@ -341,11 +374,11 @@ mod tests {
             let t = ticket(&cache, k);
             cache.insert(k.into(), t, entry("{}"));
         }
-        assert!(cache.lookup("a", NOW, TTL).is_ok());
+        assert!(cache.get("a", NOW, TTL).is_ok());
         let t = ticket(&cache, "c");
         cache.insert("c".into(), t, entry("{}"));
         assert_eq!(cache.len(), 2);
-        assert!(cache.lookup("a", NOW, TTL).is_ok());
-        assert!(cache.lookup("b", NOW, TTL).is_err());
+        assert!(cache.get("a", NOW, TTL).is_ok());
+        assert!(cache.get("b", NOW, TTL).is_err());
     }
 }

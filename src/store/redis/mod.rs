@@ -489,3 +489,4 @@ mod sentinel;
 #[cfg(test)]
 mod tests;
 mod tracking;
+mod wire;

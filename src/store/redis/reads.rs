@@ -32,7 +32,8 @@
 //! [`cache`](super::cache) for the read/invalidation race, [`tracking`] for the connections). A hit still
 //! sends the touch when it is due; the touch is a write, so it invalidates the entry in
 //! every proxy, at most once per interval. This proxy's own writes drop its entry as soon
-//! as they return (read your writes), before Redis's report arrives.
+//! as they return (read your writes), before Redis's report arrives. A report that reached
+//! this proxy but is not applied yet turns a hit into a miss (see [`wire`](super::wire)).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -149,18 +150,7 @@ impl RedisStore {
         let key = self.key_at(keys.key_hash());
         let (now, ttl) = (unix_now(), ttl_secs(ttl));
         let cache = self.local_cache();
-        let mut found = cache.map(|c| c.lookup(&key, now, ttl));
-        if let (Some(c), Some(Ok(_))) = (cache, &found) {
-            // Let invalidations that have already arrived be applied first: the
-            // tracking connections' readers are tasks of this runtime, and a request
-            // that arrived in the same turn may otherwise be served before them.
-            tokio::task::yield_now().await;
-            found = Some(c.lookup(&key, now, ttl));
-        }
-        if let (Some(c), Some(f)) = (cache, &found) {
-            c.count(f.is_ok());
-        }
-        let ticket = match found {
+        let ticket = match cache.map(|c| c.get(&key, now, ttl)) {
             Some(Ok(hit)) => {
                 self.touch_if_due(&key, hit.touched, now, ttl).await;
                 return Ok(Some(hit.rec));

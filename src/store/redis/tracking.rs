@@ -23,7 +23,10 @@
 //!
 //! A session is *live* once every connection has tracking on. The pushes are applied by the
 //! connection's reader itself (a push sender closure, no channel or task hop), in order with
-//! everything else that connection reads. When a connection reports that it closed, the
+//! everything else that connection reads. That reader is a task of its own, which may not
+//! have run yet when a request is served: the sockets are therefore made by
+//! [`wire`](super::wire), and the cache serves a hit only while no connection holds a byte
+//! that is not applied yet (see there). When a connection reports that it closed, the
 //! same closure empties the cache before anything is served from it again. Every second
 //! each connection is also sent a `PING` (bounded by `store.timeout_ms`): a connection that
 //! went silent without closing (a host gone, a partition) is then noticed within about one
@@ -40,9 +43,11 @@ use redis::{
     RedisError, Value,
 };
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::cache::LocalCache;
+use super::wire::{self, Wire};
 
 /// How often each tracking connection is pinged, and a cluster's nodes listed.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
@@ -68,9 +73,23 @@ pub(super) struct Tracker {
     pub(super) timeout: Duration,
 }
 
+/// One tracking connection: its handle, the task that reads it (ended when this is
+/// dropped) and its wire.
+struct Tracked {
+    conn: MultiplexedConnection,
+    driver: JoinHandle<()>,
+    wire: Arc<Wire>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
 /// One set of tracking connections, alive until one of them drops.
 struct Session {
-    conns: Vec<MultiplexedConnection>,
+    conns: Vec<Tracked>,
     /// The cluster's node set when it started (empty for one server).
     topology: BTreeSet<(String, u16)>,
     /// Signalled by a connection that closed.
@@ -90,7 +109,8 @@ impl Tracker {
             }
             match self.start(&cache, number).await {
                 Ok(session) => {
-                    let Some(live) = cache.upgrade().map(|c| c.go_live(number)) else {
+                    let wires = session.conns.iter().map(|t| t.wire.clone()).collect();
+                    let Some(live) = cache.upgrade().map(|c| c.go_live(number, wires)) else {
                         return;
                     };
                     if live {
@@ -145,19 +165,19 @@ impl Tracker {
         })
     }
 
-    /// A RESP3 connection whose pushes go to the cache, with tracking on.
+    /// A RESP3 connection whose pushes go to the cache, with tracking on, on a socket of
+    /// our own (see [`wire`](super::wire)); its reader runs as a task of this runtime.
     async fn connect(
         &self,
         info: ConnectionInfo,
         cache: &Weak<LocalCache>,
         number: u64,
         dropped: &Arc<Notify>,
-    ) -> Result<MultiplexedConnection, RedisError> {
+    ) -> Result<Tracked, RedisError> {
         let settings = info
             .redis_settings()
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(settings))?;
         let (cache, dropped) = (cache.clone(), dropped.clone());
         let sender = move |push: PushInfo| -> Result<(), ()> {
             let Some(cache) = cache.upgrade() else {
@@ -167,12 +187,26 @@ impl Tracker {
             Ok(())
         };
         let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout))
             .set_push_sender(sender);
-        let mut conn = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+        let opened = tokio::time::timeout(self.timeout, async {
+            let (stream, wire) = wire::connect(info.addr()).await?;
+            let (conn, driver) =
+                MultiplexedConnection::new_with_config(&settings, stream, config).await?;
+            Ok::<_, RedisError>(Tracked {
+                conn,
+                driver: tokio::spawn(driver),
+                wire,
+            })
+        })
+        .await;
+        let tracked = opened.map_err(|_| {
+            RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "timed out connecting a tracking connection",
+            ))
+        })??;
+        let mut conn = tracked.conn.clone();
         redis::cmd("CLIENT")
             .arg("SETNAME")
             .arg(CLIENT_NAME)
@@ -184,7 +218,7 @@ impl Tracker {
             on.arg("PREFIX").arg(&*self.prefix);
         }
         on.exec_async(&mut conn).await?;
-        Ok(conn)
+        Ok(tracked)
     }
 
     /// Every node of the cluster (primaries and replicas), from the first seed that answers.
@@ -225,8 +259,8 @@ impl Tracker {
             if cache.strong_count() == 0 {
                 return "the store was dropped";
             }
-            for conn in &session.conns {
-                let mut conn = conn.clone();
+            for tracked in &session.conns {
+                let mut conn = tracked.conn.clone();
                 let ping = redis::cmd("PING");
                 let answer =
                     tokio::time::timeout(self.timeout, ping.query_async::<Value>(&mut conn));
@@ -235,7 +269,7 @@ impl Tracker {
                 }
             }
             if let (Nodes::Cluster(seeds), Some(first)) = (&self.nodes, session.conns.first()) {
-                let mut conn = first.clone();
+                let mut conn = first.conn.clone();
                 match tokio::time::timeout(self.timeout, slots_nodes(&mut conn, &seeds[0])).await {
                     Ok(Ok(nodes)) if nodes == session.topology => {}
                     Ok(Ok(_)) => return "the cluster's nodes changed",
