@@ -337,8 +337,10 @@ impl<B: Body + Unpin> Body for TicketBody<B> {
 
 /// A client socket with its [`Slot`], telling its [`ConnState`] when bytes arrive.
 ///
-/// With parking on (plain HTTP/1), it ends hyper's connection when it goes idle at a
-/// request boundary: the read that would wait reports end of stream instead, hyper closes
+/// With parking on (plain HTTP/1), it ends hyper's connection when it has stayed idle at a
+/// request boundary for [`PARK_AFTER`]: the read that would wait reports end of stream
+/// instead (a busy keep-alive connection, whose next request follows within milliseconds,
+/// is never parked, so it does not pay for a new hyper connection per request), hyper closes
 /// the connection cleanly without shutting the socket down, and [`Tracked::take_parked`]
 /// tells the caller to wait for the next request outside hyper, so that hyper's read and
 /// write buffers (8 KiB each) are freed between requests (README, Scale and limits).
@@ -353,7 +355,14 @@ pub struct Tracked<S> {
     flushed: bool,
     /// The last four bytes read, big-endian.
     tail: u32,
+    /// Fires [`PARK_AFTER`] into an idle spell at a request boundary; dropped on parking.
+    park_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// `park_timer` is set for the current idle spell.
+    park_armed: bool,
 }
+
+/// How long an HTTP/1 connection stays idle at a request boundary before it is parked.
+pub const PARK_AFTER: Duration = Duration::from_millis(100);
 
 impl<S> Tracked<S> {
     /// `io`, holding `slot` until it is closed; `parking` as described above.
@@ -366,6 +375,8 @@ impl<S> Tracked<S> {
             parked: false,
             flushed: true,
             tail: 0,
+            park_timer: None,
+            park_armed: false,
         }
     }
 
@@ -402,13 +413,27 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
         match &res {
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
                 this.state.on_read();
-                for &b in &buf.filled()[before..] {
+                this.park_armed = false;
+                let read = &buf.filled()[before..];
+                for &b in &read[read.len().saturating_sub(4)..] {
                     this.tail = this.tail << 8 | u32::from(b);
                 }
             }
             Poll::Pending if this.parking && this.flushed && this.state.may_park(this.tail) => {
-                this.parked = true;
-                return Poll::Ready(Ok(()));
+                let deadline = Instant::now() + PARK_AFTER;
+                let timer = this
+                    .park_timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if !this.park_armed {
+                    timer.as_mut().reset(deadline);
+                    this.park_armed = true;
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    this.park_timer = None;
+                    this.park_armed = false;
+                    this.parked = true;
+                    return Poll::Ready(Ok(()));
+                }
             }
             _ => {}
         }

@@ -296,8 +296,10 @@ async fn pipelined_requests_are_all_served_across_idle_parking() {
     let app = app().await;
     let gate = gate(app.addr).run().await;
     let mut s = TcpStream::connect(gate.addr).await.unwrap();
-    // A request, then an idle pause (the connection is parked between requests).
+    // A request, then an idle pause long enough for the connection to be parked (the pause
+    // is the condition under test, not a wait for something to happen).
     assert!(roundtrip(&mut s, "/0").await.starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(sessiongate::conn::PARK_AFTER * 3).await;
     // Two whole requests and the start of a third in one write; the rest of it later.
     s.write_all(b"GET /1 HTTP/1.1\r\nhost: x\r\n\r\nGET /2 HTTP/1.1\r\nhost: x\r\n\r\nGET /3 HTTP/1.1\r\nho")
         .await
