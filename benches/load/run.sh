@@ -89,47 +89,8 @@ BIN="${BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/sessiongate}"
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/sessiongate-load.XXXXXX")
 PIDS=()
 
-stop_pid() {
-    local pid=$1
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for _ in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        stop_pid "$pid"
-    done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# free_port VAR: a TCP port on 127.0.0.1 that nothing listens on and that this script has
-# not handed out yet. (Sets VAR rather than printing: a $(...) subshell would lose the list.)
-# Ports come from below the kernel's ephemeral range, so that no outgoing connection of the
-# benchmark itself (wrk, the proxies' upstream pools) can be holding the port when we bind.
-USED_PORTS=" "
-EPHEMERAL_LOW=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-[ "$EPHEMERAL_LOW" -gt 12000 ] || EPHEMERAL_LOW=32768
-free_port() {
-    local p
-    for _ in $(seq 200); do
-        p=$((10000 + RANDOM % (EPHEMERAL_LOW - 10000)))
-        case "$USED_PORTS" in *" $p "*) continue ;; esac
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            USED_PORTS+="$p "
-            printf -v "$1" '%s' "$p"
-            return 0
-        fi
-    done
-    die "no free port found"
-}
+# stop_pid, cleanup (the EXIT trap), free_port and render.
+source "$ROOT/benches/lib.sh"
 
 # Waits (bounded) until http://127.0.0.1:PORT/PATH answers.
 wait_http() {
@@ -153,14 +114,6 @@ child_of() {
     die "nginx $1 started no worker"
 }
 
-render() { # render TEMPLATE OUT KEY=VALUE...
-    local in=$1 out=$2 expr=() kv
-    shift 2
-    for kv in "$@"; do
-        expr+=(-e "s|@${kv%%=*}@|${kv#*=}|g")
-    done
-    sed "${expr[@]}" "$in" >"$out"
-}
 
 start_nginx() { # start_nginx NAME TEMPLATE KEY=VALUE... ; sets NGINX_MASTER, NGINX_WORKER
     local name=$1 tpl=$2
