@@ -24,9 +24,10 @@
 #
 # Scenarios: S1 anonymous GET /; S2 GET / with a valid session cookie (nginx-plain gets the
 # same Cookie header and passes it on); S3 GET /login, a new session on every request
-# (through nginx-plain the upstream's header just passes through). Two more S2 rows: "sg-required",
-# sessiongate with `/` behind a `session = "required"` route (and CSRF on, the default), and
-# with BASELINE_BIN "baseline", that binary; the report gives each one's CPU difference. They run interleaved,
+# (through nginx-plain the upstream's header just passes through). An S2 row "sg-required":
+# sessiongate with `/` behind a `session = "required"` route (and CSRF on, the default); and
+# with BASELINE_BIN, "baseline" rows of that binary in every scenario; the report gives each
+# one's paired CPU difference. They run interleaved,
 # ROUNDS times, and the table shows the median of the rounds. CPU µs/req is the proxy
 # process's utime+stime delta (/proc/PID/stat) over the requests wrk completed, 'user' its
 # utime part; the upstream's CPU is not included (it is the same work for both proxies).
@@ -265,14 +266,17 @@ GATE_MAIN=$GATE_PID
 
 COOKIE=$(login_cookie "$GATE_PORT")
 
-# More S2 rows, interleaved with the two above: "sg-required", this build with `/` behind a
-# `session = "required"` route (CSRF on, as by default), the cost of a protected path; and,
-# with BASELINE_BIN, "baseline", that binary with the memory store.
+# More rows, interleaved with the two above: in S2, "sg-required", this build with `/`
+# behind a `session = "required"` route (CSRF on, as by default), the cost of a protected
+# path; and in every scenario, with BASELINE_BIN, "baseline", that binary (memory store).
 declare -A T_PORT=([nginx-plain]=$PROXY_PORT [sessiongate]=$GATE_PORT)
 declare -A T_PID=([nginx-plain]=$PROXY_WORKER [sessiongate]=$GATE_MAIN)
 declare -A T_COOKIE=([nginx-plain]=$COOKIE [sessiongate]=$COOKIE)
 S2_EXTRA=()
-add_s2_target() { # add_s2_target NAME STORE_AND_ROUTE_LINES [BINARY]
+ALL_EXTRA=()
+add_target() { # add_target LIST NAME STORE_AND_ROUTE_LINES [BINARY]
+    local -n list=$1
+    shift
     local port admin
     free_port port
     free_port admin
@@ -280,12 +284,14 @@ add_s2_target() { # add_s2_target NAME STORE_AND_ROUTE_LINES [BINARY]
     T_PORT[$1]=$port
     T_PID[$1]=$GATE_PID
     T_COOKIE[$1]=$(login_cookie "$port")
-    S2_EXTRA+=("$1")
+    list+=("$1")
     warm "$port" / "${T_COOKIE[$1]}"
 }
 if [[ " $SCENARIOS " == *" S2 "* ]]; then
-    add_s2_target sg-required 'kind = "memory"\n\n[[route]]\nprefix = "/"\nsession = "required"\n\n[[route]]\nprefix = "/login"'
-    [ -n "${BASELINE_BIN:-}" ] && add_s2_target baseline 'kind = "memory"' "$BASELINE_BIN"
+    add_target S2_EXTRA sg-required 'kind = "memory"\n\n[[route]]\nprefix = "/"\nsession = "required"\n\n[[route]]\nprefix = "/login"'
+fi
+if [ -n "$SCENARIOS" ] && [ -n "${BASELINE_BIN:-}" ]; then
+    add_target ALL_EXTRA baseline 'kind = "memory"' "$BASELINE_BIN"
 fi
 
 log "machine: $(nproc) CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
@@ -307,9 +313,11 @@ for round in $(seq "$ROUNDS"); do
             S3) path=/login cookie="" ;;
         esac
         targets=($order)
-        if [ "$scenario" = S2 ] && [ ${#S2_EXTRA[@]} -gt 0 ]; then
+        extra=("${ALL_EXTRA[@]}")
+        [ "$scenario" = S2 ] && extra+=("${S2_EXTRA[@]}")
+        if [ ${#extra[@]} -gt 0 ]; then
             # Rotate the whole list each round, so no target always runs first.
-            all=(nginx-plain sessiongate "${S2_EXTRA[@]}")
+            all=(nginx-plain sessiongate "${extra[@]}")
             targets=()
             for i in "${!all[@]}"; do targets+=("${all[$(( (i + round) % ${#all[@]} ))]}"); done
         fi
@@ -321,7 +329,7 @@ for round in $(seq "$ROUNDS"); do
 done
 log "sessiongate after S3: $(sessions_created "$GATE_ADMIN") sessions created, VmRSS $(rss_kb "$GATE_MAIN") kB"
 stop_pid "$GATE_MAIN"
-for t in "${S2_EXTRA[@]}"; do stop_pid "${T_PID[$t]}"; done
+for t in "${S2_EXTRA[@]}" "${ALL_EXTRA[@]}"; do stop_pid "${T_PID[$t]}"; done
 
 # --- Redis -----------------------------------------------------------------------------
 
@@ -481,18 +489,20 @@ if has S2 sessiongate; then
         check "S2 req/s, $t vs memory store" "$(ratio S2 "$t" sessiongate 4)" ">=" "$limit"
     done
 fi
-paired() { # paired LABEL A B: S2 CPU us/req of A minus B, round by round, then the median
-    has S2 "$2" && has S2 "$3" || return 0
+paired() { # paired SCENARIO LABEL A B: CPU us/req of A minus B, round by round, then the median
+    has "$1" "$3" && has "$1" "$4" || return 0
     local d
-    d=$(awk -F'\t' -v a="$2" -v b="$3" '$1 == "S2" && $2 == a {x[$3] = $7}
-        $1 == "S2" && $2 == b {y[$3] = $7}
+    d=$(awk -F'\t' -v s="$1" -v a="$3" -v b="$4" '$1 == s && $2 == a {x[$3] = $7}
+        $1 == s && $2 == b {y[$3] = $7}
         END {for (r in x) if (r in y) print x[r] - y[r]}' "$RESULTS" | median)
     printf '  %-44s %+8.2f us (median of per-round differences; medians %s and %s)\n' \
-        "$1" "$d" "$(col S2 "$2" 7)" "$(col S2 "$3" 7)"
+        "$2" "$d" "$(col "$1" "$3" 7)" "$(col "$1" "$4" 7)"
 }
-paired "S2 CPU/req, required route - plain" sg-required sessiongate
-paired "S2 CPU/req, this build - baseline" sessiongate baseline
-paired "S2 redis CPU/req, this build - baseline" sessiongate+redis baseline+redis
+paired S2 "S2 CPU/req, required route - plain" sg-required sessiongate
+for s in S1 S2 S3; do
+    paired "$s" "$s CPU/req, this build - baseline" sessiongate baseline
+done
+paired S2 "S2 redis CPU/req, this build - baseline" sessiongate+redis baseline+redis
 if [ -n "${rss2:-}" ]; then
     check "VmRSS MB with $n2 sessions" "$(awk -v k="$rss2" 'BEGIN {printf "%.0f", k / 1024}')" "<=" 400
     check "S2 p99 with $n2 vs $n1 sessions" "$(ratio S2 "sg-${n2}-sessions" "sg-${n1}-sessions" 6)" "<=" 1.1
