@@ -23,6 +23,16 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tracing::debug;
 
+/// `server.upstream` (or a route's `upstream`): the application's scheme and host:port (no
+/// path, no userinfo).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    /// `http` or `https`.
+    pub scheme: Scheme,
+    /// host:port.
+    pub authority: Authority,
+}
+
 /// How long an idle pooled connection is kept before it is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 

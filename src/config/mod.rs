@@ -137,14 +137,7 @@ pub struct ConnSettings {
     pub h2_max_send_buf_bytes: usize,
 }
 
-/// `server.upstream`: the application's scheme and host:port (no path, no userinfo).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamUrl {
-    /// `http` or `https`.
-    pub scheme: http::uri::Scheme,
-    /// host:port.
-    pub authority: http::uri::Authority,
-}
+pub use crate::upstream::UpstreamUrl;
 
 /// Validated `[session]`.
 #[derive(Debug, Clone)]

@@ -347,28 +347,7 @@ impl Default for RawRoute {
     }
 }
 
-/// `route.session`
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RouteSession {
-    /// As without routes: the session is used when there is one.
-    Optional,
-    /// No request reaches the upstream without a session that meets the route's policy.
-    Required,
-    /// No session at all: the cookie is not read, the store not touched.
-    Off,
-}
-
-impl RouteSession {
-    /// The TOML spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RouteSession::Optional => "optional",
-            RouteSession::Required => "required",
-            RouteSession::Off => "off",
-        }
-    }
-}
+pub use crate::route::RouteSession;
 
 #[cfg(test)]
 mod tests {

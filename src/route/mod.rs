@@ -16,7 +16,30 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value;
 
 pub use self::normalize::{Normalized, PathError, normalize};
-use crate::config::{RouteSession, UpstreamUrl};
+use crate::upstream::UpstreamUrl;
+
+/// `route.session`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteSession {
+    /// As without routes: the session is used when there is one.
+    Optional,
+    /// No request reaches the upstream without a session that meets the route's policy.
+    Required,
+    /// No session at all: the cookie is not read, the store not touched.
+    Off,
+}
+
+impl RouteSession {
+    /// The TOML spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteSession::Optional => "optional",
+            RouteSession::Required => "required",
+            RouteSession::Off => "off",
+        }
+    }
+}
 
 /// One `[[route]]`, validated.
 #[derive(Debug, Clone)]
