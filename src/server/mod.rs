@@ -1,0 +1,339 @@
+//! Listeners and lifecycle: bind (with `SO_REUSEPORT`, so a new process can take over the
+//! address while the old one drains), serve connections with hyper's auto builder
+//! (HTTP/1.1 with upgrades, and h2c), and shut down gracefully within a bounded grace.
+//!
+//! [`start`] binds before it returns, so callers (and tests) know the address at once and
+//! never wait for the server to come up.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::admin::{self, Admin};
+use crate::config::{Config, ConnSettings, StoreKind};
+use crate::conn::KeepAlive;
+use crate::fdlimit;
+use crate::metrics::Metrics;
+use crate::proxy::Gate;
+use crate::secrets::Secrets;
+use crate::store::{MemoryStore, RedisStore, SessionStore, Store, StoreError};
+use crate::tls::{Reloadable, TlsError};
+
+mod accept;
+
+pub use self::accept::serve;
+
+/// How long busy keep-alive connections get to finish with `Connection: close` before
+/// idle ones are closed, at shutdown.
+pub const LAME_DUCK: Duration = Duration::from_secs(1);
+/// Connection limits from `[server]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// How long a client may take to send a request's headers (slowloris guard).
+    pub header_read_timeout: Duration,
+    /// The largest request head accepted, in bytes; larger ones get 431.
+    pub max_header_bytes: usize,
+    /// How long in-flight requests may take to finish after a shutdown signal.
+    pub shutdown_grace: Duration,
+    /// Connections, keep-alive and HTTP/2 limits; `max_connections = 0` is resolved by
+    /// [`serve`] from the descriptor limit.
+    pub conn: ConnSettings,
+}
+
+impl Limits {
+    /// The limits `config` sets.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            header_read_timeout: config.server.header_read_timeout,
+            max_header_bytes: config.server.max_header_bytes,
+            shutdown_grace: config.server.shutdown_grace,
+            conn: config.server.conn,
+        }
+    }
+
+    /// The client connection ceiling: `server.max_connections`, or when it is 0 the one
+    /// the descriptor limit allows ([`fdlimit::ceiling`]).
+    pub fn max_connections(&self) -> usize {
+        match self.conn.max_connections {
+            0 => fdlimit::current()
+                .map_or(fdlimit::ceiling(1024), |(soft, _)| fdlimit::ceiling(soft)),
+            n => n,
+        }
+    }
+
+    fn keep_alive(&self) -> KeepAlive {
+        KeepAlive {
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.conn.keepalive_timeout,
+            max_requests: self.conn.keepalive_requests,
+        }
+    }
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The address could not be bound.
+    #[error(
+        "cannot listen on {addr} ({key}): {cause}; stop the other process or choose another address"
+    )]
+    Bind {
+        /// The setting.
+        key: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why; shown in the message, so it is not also the error's `source`.
+        cause: std::io::Error,
+    },
+    /// A Redis URL in the config cannot be used.
+    #[error("{key} = {target}: {cause}; fix {key} (redis://[user:password@]host[:port][/db])")]
+    StoreInvalid {
+        /// The setting: `store.url`, `store.cluster` or `store.sentinel`.
+        key: &'static str,
+        /// Its value, passwords masked.
+        target: String,
+        /// Why; shown in the message, so it is not also the error's `source`.
+        cause: StoreError,
+    },
+    /// A `[server.tls]` or `server.upstream_ca` file cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// `store.require_on_start = true` and the store did not answer.
+    #[error(
+        "{key} = {target} is unreachable: {cause}; start Redis or fix {key}, or set store.require_on_start = false to start without it"
+    )]
+    StoreUnreachable {
+        /// The setting: `store.url`, `store.cluster` or `store.sentinel`.
+        key: &'static str,
+        /// Its value, passwords masked.
+        target: String,
+        /// Why; shown in the message, so it is not also the error's `source`.
+        cause: StoreError,
+    },
+}
+
+/// A running proxy.
+#[derive(Debug)]
+pub struct Running {
+    /// The address the proxy serves.
+    pub addr: SocketAddr,
+    /// The admin listener's address, when one is configured.
+    pub admin_addr: Option<SocketAddr>,
+    gate: Arc<Gate>,
+    tls: Option<Arc<Reloadable>>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// The gate, for inspecting its store in tests.
+    pub fn gate(&self) -> &Arc<Gate> {
+        &self.gate
+    }
+
+    /// The serving certificate when serving HTTPS, to reload it (SIGHUP).
+    pub fn tls(&self) -> Option<&Arc<Reloadable>> {
+        self.tls.as_ref()
+    }
+
+    /// Stops accepting, lets in-flight requests finish (within the grace), and waits.
+    ///
+    /// # Panics
+    /// Re-raises a panic from the server task, so tests see it.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        if let Err(e) = self.task.await
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+}
+
+/// Binds a TCP listener with `SO_REUSEADDR` and `SO_REUSEPORT`.
+///
+/// # Errors
+/// When the address cannot be bound.
+pub fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, StartError> {
+    let err = |cause| StartError::Bind { key, addr, cause };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.set_reuseport(true).map_err(err)?;
+    socket.set_nodelay(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(1024).map_err(err)
+}
+
+/// Builds the store the config asks for. A Redis store connects on first use, so the
+/// proxy starts while Redis is down, unless `store.require_on_start` asks to ping it first.
+///
+/// # Errors
+/// When a Redis URL cannot be used, or `store.require_on_start = true` and Redis does not
+/// answer within `store.timeout_ms`.
+pub async fn build_store(config: &Config) -> Result<Store, StartError> {
+    let st = &config.store;
+    match st.kind {
+        StoreKind::Memory => Ok(Store::Memory(MemoryStore::new(st.max_sessions))),
+        StoreKind::Redis => {
+            let key = if !st.sentinel.is_empty() {
+                "store.sentinel"
+            } else if st.cluster.is_empty() {
+                "store.url"
+            } else {
+                "store.cluster"
+            };
+            let store = RedisStore::open(st, &config.session.namespace).map_err(|cause| {
+                StartError::StoreInvalid {
+                    key,
+                    target: RedisStore::describe(st),
+                    cause,
+                }
+            })?;
+            if st.require_on_start {
+                store
+                    .ping()
+                    .await
+                    .map_err(|cause| StartError::StoreUnreachable {
+                        key,
+                        target: store.target().to_owned(),
+                        cause,
+                    })?;
+                info!(store = store.target(), "session store answers");
+            }
+            Ok(Store::Redis(store))
+        }
+    }
+}
+
+/// Binds `server.listen` (and `server.admin_listen`) and serves in background tasks.
+///
+/// # Errors
+/// When binding fails or the store cannot be built.
+pub async fn start(config: &Config, secrets: &Secrets) -> Result<Running, StartError> {
+    let store = build_store(config).await?;
+    let listener = bind(config.server.listen, "server.listen")?;
+    let admin = config
+        .server
+        .admin_listen
+        .map(|addr| bind(addr, "server.admin_listen"))
+        .transpose()?;
+    start_on(listener, admin, config, secrets, store)
+}
+
+/// Serves on already bound listeners with `store`, in background tasks.
+///
+/// # Errors
+/// When a TLS file named in the config cannot be loaded.
+pub fn start_on(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    config: &Config,
+    secrets: &Secrets,
+    store: Store,
+) -> Result<Running, StartError> {
+    let addr = listener
+        .local_addr()
+        .expect("a bound listener has an address");
+    let mut metrics = Metrics::new();
+    if let Store::Redis(redis) = &store {
+        metrics.register_redis_reads(redis.read_metrics(), redis.has_local_cache());
+    }
+    let metrics = Arc::new(metrics);
+    let gate = Arc::new(Gate::new(config, secrets, store.clone(), metrics.clone())?);
+    let tls = match &config.server.tls {
+        Some(files) => Some(Arc::new(Reloadable::new(files.clone())?)),
+        None => None,
+    };
+    let (tx, rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let admin_addr = admin.map(|listener| {
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
+        let admin = Admin {
+            metrics,
+            store,
+            store_timeout: config.store.timeout,
+        };
+        tokio::spawn(admin::serve(listener, admin, stopped(rx.clone())));
+        info!(%addr, "admin listening");
+        addr
+    });
+    let limits = Limits::from_config(config);
+    let task = tokio::spawn(serve(
+        listener,
+        gate.clone(),
+        tls.clone(),
+        limits,
+        stopped(rx),
+    ));
+    info!(
+        %addr,
+        https = tls.is_some(),
+        upstream = %config.server.upstream.authority,
+        "sessiongate listening"
+    );
+    Ok(Running {
+        addr,
+        admin_addr,
+        gate,
+        tls,
+        shutdown: tx,
+        task,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_errors_print_their_cause_once() {
+        let timeout = || StoreError::Timeout(Duration::from_millis(5));
+        let in_use = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let errors = [
+            (
+                in_use.to_string(),
+                StartError::Bind {
+                    key: "server.listen",
+                    addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+                    cause: in_use,
+                },
+            ),
+            (
+                timeout().to_string(),
+                StartError::StoreInvalid {
+                    key: "store.url",
+                    target: "redis://127.0.0.1:6379".into(),
+                    cause: timeout(),
+                },
+            ),
+            (
+                timeout().to_string(),
+                StartError::StoreUnreachable {
+                    key: "store.url",
+                    target: "redis://127.0.0.1:6379".into(),
+                    cause: timeout(),
+                },
+            ),
+        ];
+        // The message carries the cause, so it is not a `source` too: a chain reporter
+        // prints the message and then each source.
+        for (cause, err) in errors {
+            assert!(err.to_string().contains(&cause), "{err}");
+            assert!(std::error::Error::source(&err).is_none(), "{err}");
+        }
+    }
+}
