@@ -278,6 +278,13 @@ pub fn describe(config: &Config, secrets: &Secrets) -> String {
     let _ = writeln!(out, "namespace = {:?}", x.namespace);
     let _ = writeln!(out, "max_bytes = {}", x.max_bytes);
     let _ = writeln!(out, "regenerate_on_set = {}", x.regenerate_on_set);
+    let _ = writeln!(
+        out,
+        "user_field = {:?}",
+        x.user_field.as_deref().unwrap_or_default()
+    );
+    let _ = writeln!(out, "max_per_user = {}", x.max_per_user);
+    let _ = writeln!(out, "revalidate_sec = {}", x.revalidate_sec);
     let c = &config.cookie;
     let _ = writeln!(out, "[cookie]");
     let _ = writeln!(out, "http_only = {}", c.http_only);

@@ -156,6 +156,12 @@ pub struct SessionSettings {
     pub max_bytes: usize,
     /// Set always issues a new ID.
     pub regenerate_on_set: bool,
+    /// The top-level data field naming the user; `None` = no per-user index.
+    pub user_field: Option<String>,
+    /// Sessions per user, 0 = no limit.
+    pub max_per_user: usize,
+    /// Seconds between an upgraded connection's checks that its session still exists.
+    pub revalidate_sec: u64,
 }
 
 /// Validated `[cookie]`.

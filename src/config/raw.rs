@@ -128,6 +128,12 @@ pub struct RawSession {
     pub max_bytes: usize,
     /// X-Session-Set always issues a new ID.
     pub regenerate_on_set: bool,
+    /// The top-level data field naming the user; "" = no per-user index (SPEC §13).
+    pub user_field: String,
+    /// Sessions per user, 0 = no limit.
+    pub max_per_user: usize,
+    /// How often an upgraded connection checks that its session still exists.
+    pub revalidate_sec: u64,
 }
 
 impl Default for RawSession {
@@ -140,6 +146,9 @@ impl Default for RawSession {
             namespace: "session:".into(),
             max_bytes: 8192,
             regenerate_on_set: true,
+            user_field: String::new(),
+            max_per_user: 0,
+            revalidate_sec: 30,
         }
     }
 }

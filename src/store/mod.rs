@@ -42,6 +42,7 @@
 mod memory;
 mod redis;
 pub mod seal;
+pub mod users;
 
 use std::future::Future;
 use std::time::Duration;
@@ -51,6 +52,7 @@ pub use memory::MemoryStore;
 
 use crate::session::{Record, SessionId};
 use seal::{CorruptRecord, KeyHash};
+use users::{Device, Handle, Joined, NewDevice, UserIndex};
 
 /// Why a store operation failed.
 ///
@@ -181,6 +183,54 @@ impl SessionStore for Store {
         match self {
             Store::Memory(s) => s.ping().await,
             Store::Redis(s) => Box::pin(s.ping()).await,
+        }
+    }
+}
+
+impl UserIndex for Store {
+    async fn join(
+        &self,
+        user: &str,
+        id: &SessionId,
+        device: &NewDevice,
+        replacing: Option<(&str, &SessionId)>,
+        max_per_user: usize,
+    ) -> Result<Joined, StoreError> {
+        match self {
+            Store::Memory(s) => s.join(user, id, device, replacing, max_per_user).await,
+            Store::Redis(s) => Box::pin(s.join(user, id, device, replacing, max_per_user)).await,
+        }
+    }
+
+    async fn leave(&self, user: &str, id: &SessionId) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(s) => s.leave(user, id).await,
+            Store::Redis(s) => Box::pin(s.leave(user, id)).await,
+        }
+    }
+
+    async fn revoke(
+        &self,
+        user: &str,
+        keep: Option<&SessionId>,
+    ) -> Result<Vec<Handle>, StoreError> {
+        match self {
+            Store::Memory(s) => s.revoke(user, keep).await,
+            Store::Redis(s) => Box::pin(s.revoke(user, keep)).await,
+        }
+    }
+
+    async fn revoke_handle(&self, user: Option<&str>, handle: &Handle) -> Result<bool, StoreError> {
+        match self {
+            Store::Memory(s) => s.revoke_handle(user, handle).await,
+            Store::Redis(s) => Box::pin(s.revoke_handle(user, handle)).await,
+        }
+    }
+
+    async fn devices(&self, user: &str) -> Result<Vec<Device>, StoreError> {
+        match self {
+            Store::Memory(s) => s.devices(user).await,
+            Store::Redis(s) => Box::pin(s.devices(user)).await,
         }
     }
 }

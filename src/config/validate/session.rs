@@ -39,6 +39,15 @@ impl Validator<'_> {
             }
             n => n,
         };
+        if raw.revalidate_sec == 0 {
+            return Err(self.err("session.revalidate_sec", "must be greater than 0"));
+        }
+        if raw.max_per_user > 0 && raw.user_field.is_empty() {
+            return Err(self.err(
+                "session.max_per_user",
+                "needs session.user_field: the limit counts the sessions of one user",
+            ));
+        }
         Ok(SessionSettings {
             cookie_name: raw.cookie_name,
             ttl_sec: raw.ttl_sec,
@@ -47,6 +56,9 @@ impl Validator<'_> {
             namespace: raw.namespace,
             max_bytes: raw.max_bytes,
             regenerate_on_set: raw.regenerate_on_set,
+            user_field: (!raw.user_field.is_empty()).then_some(raw.user_field),
+            max_per_user: raw.max_per_user,
+            revalidate_sec: raw.revalidate_sec,
         })
     }
 

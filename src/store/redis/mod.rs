@@ -489,4 +489,5 @@ mod sentinel;
 #[cfg(test)]
 mod tests;
 mod tracking;
+mod users;
 mod wire;
