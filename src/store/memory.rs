@@ -366,7 +366,7 @@ impl UserIndex for MemoryStore {
                 inner.unindex(&id);
             }
         }
-        devices.sort_by(|a, b| (a.created, a.handle).cmp(&(b.created, b.handle)));
+        devices.sort_by_key(|d| (d.created, d.handle));
         Ok(devices)
     }
 }
