@@ -65,7 +65,13 @@ async fn counters_move_with_traffic() {
         6.0
     );
     assert_eq!(metric(&text, "sessiongate_sessions_created_total"), 1.0);
-    assert_eq!(metric(&text, "sessiongate_sessions_destroyed_total"), 1.0);
+    assert_eq!(
+        metric(
+            &text,
+            "sessiongate_sessions_destroyed_total{reason=\"logout\"}"
+        ),
+        1.0
+    );
     assert_eq!(
         metric(&text, "sessiongate_session_lookups_total{result=\"hit\"}"),
         3.0

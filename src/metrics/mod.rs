@@ -65,6 +65,37 @@ pub enum LookupResult {
     error,
 }
 
+/// Why a session ended, for `sessiongate_sessions_destroyed_total{reason}` (SPEC §13).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum DestroyReason {
+    /// The upstream's `X-Session-Destroy` for the current session.
+    logout,
+    /// `X-Session-Destroy: all`, `others`, `handle:`, or the admin API.
+    revoke,
+    /// Past `session.max_per_user`.
+    limit,
+    /// Idle or absolute expiry, when the proxy sees it (the memory store; `absolute_ttl_sec`).
+    expired,
+    /// Past the memory store's `store.max_sessions`.
+    evicted,
+}
+
+impl DestroyReason {
+    const ALL: [Self; 5] = [
+        Self::logout,
+        Self::revoke,
+        Self::limit,
+        Self::expired,
+        Self::evicted,
+    ];
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: DestroyReason,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LookupLabel {
     result: LookupResult,
@@ -126,7 +157,7 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<StatusLabel, Counter>,
     created: Counter,
-    destroyed: Counter,
+    destroyed: Family<ReasonLabel, Counter>,
     /// The fixed-label series, looked up once: `lookups` by result, `store_seconds` by op.
     lookup_counters: ByLookup<Counter>,
     store_histograms: ByOp<Histogram>,
@@ -152,7 +183,7 @@ impl Metrics {
         let requests = Family::<StatusLabel, Counter>::default();
         let lookups = Family::<LookupLabel, Counter>::default();
         let created = Counter::default();
-        let destroyed = Counter::default();
+        let destroyed = Family::<ReasonLabel, Counter>::default();
         let store_seconds = Family::<OpLabel, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
         });
@@ -170,7 +201,7 @@ impl Metrics {
         registry.register(SESSIONS_CREATED, "Sessions created", created.clone());
         registry.register(
             SESSIONS_DESTROYED,
-            "Sessions destroyed by the upstream or the absolute TTL",
+            "Sessions ended, by reason",
             destroyed.clone(),
         );
         registry.register(
@@ -209,6 +240,9 @@ impl Metrics {
         );
         // Every label value exists from the start, so dashboards and rate() see zeros
         // rather than absent series.
+        for reason in DestroyReason::ALL {
+            let _ = destroyed.get_or_create(&ReasonLabel { reason });
+        }
         let lookup_counters =
             ByLookup::new(|result| lookups.get_or_create(&LookupLabel { result }).clone());
         let store_histograms = ByOp::new(|op| store_seconds.get_or_create(&OpLabel { op }).clone());
@@ -244,7 +278,7 @@ impl Metrics {
                 self.created.inc();
             }
             Outcome::Destroyed => {
-                self.destroyed.inc();
+                self.destroyed(DestroyReason::logout, 1);
             }
             Outcome::None
             | Outcome::Hit
@@ -260,9 +294,19 @@ impl Metrics {
         self.lookup_counters.get(result).inc();
     }
 
-    /// A session was destroyed outside a Destroy directive (absolute TTL).
-    pub fn destroyed(&self) {
-        self.destroyed.inc();
+    /// `n` sessions ended for `reason`.
+    pub fn destroyed(&self, reason: DestroyReason, n: u64) {
+        self.destroyed
+            .get_or_create(&ReasonLabel { reason })
+            .inc_by(n);
+    }
+
+    /// The counter of sessions ended for `reason`, for a store that sees them end itself
+    /// (the memory store's expiry and eviction).
+    pub fn destroyed_counter(&self, reason: DestroyReason) -> Counter {
+        self.destroyed
+            .get_or_create(&ReasonLabel { reason })
+            .clone()
     }
 
     /// A store operation took `elapsed`.
@@ -411,7 +455,8 @@ mod tests {
             "sessiongate_session_lookups_total{result=\"hit\"} 1",
             "sessiongate_session_lookups_total{result=\"invalid\"} 0",
             "sessiongate_sessions_created_total 1",
-            "sessiongate_sessions_destroyed_total 0",
+            "sessiongate_sessions_destroyed_total{reason=\"logout\"} 0",
+            "sessiongate_sessions_destroyed_total{reason=\"evicted\"} 0",
             "sessiongate_store_seconds_count{op=\"load\"} 1",
             "sessiongate_upstream_errors_total{kind=\"timeout\",upstream=\"http://127.0.0.1:3000\"} 1",
             "sessiongate_upstream_errors_total{kind=\"unreachable\",upstream=\"http://127.0.0.1:3000\"} 0",

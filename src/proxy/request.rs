@@ -20,7 +20,7 @@ use super::{Body, Ctx, Gate, Lookup, Peer, plain};
 use crate::config::OnError;
 use crate::cookie::{self, Verified};
 use crate::error::GateError;
-use crate::metrics::{LookupResult, StoreOp};
+use crate::metrics::{DestroyReason, LookupResult, StoreOp};
 use crate::protocol;
 use crate::store::{SessionStore, StoreError};
 use crate::telemetry::Outcome;
@@ -137,7 +137,7 @@ impl Gate {
                 debug!("session reached absolute_ttl_sec");
                 self.timed(StoreOp::delete, self.store.delete(&id)).await?;
                 self.metrics.lookup(LookupResult::miss);
-                self.metrics.destroyed();
+                self.metrics.destroyed(DestroyReason::expired, 1);
                 ctx.lookup = Lookup::Gone;
                 ctx.outcome = Outcome::Miss;
             }

@@ -18,7 +18,7 @@ use crate::admin::{self, Admin};
 use crate::config::{Config, ConnSettings, StoreKind};
 use crate::conn::KeepAlive;
 use crate::fdlimit;
-use crate::metrics::Metrics;
+use crate::metrics::{DestroyReason, Metrics};
 use crate::proxy::Gate;
 use crate::secrets::Secrets;
 use crate::store::{MemoryStore, RedisStore, SessionStore, Store, StoreError};
@@ -248,6 +248,13 @@ pub fn start_on(
     if let Store::Redis(redis) = &store {
         metrics.register_redis_reads(redis.read_metrics(), redis.has_local_cache());
     }
+    let store = match store {
+        Store::Memory(memory) => Store::Memory(memory.counting(
+            metrics.destroyed_counter(DestroyReason::expired),
+            metrics.destroyed_counter(DestroyReason::evicted),
+        )),
+        redis => redis,
+    };
     let metrics = Arc::new(metrics);
     let gate = Arc::new(Gate::new(config, secrets, store.clone(), metrics.clone())?);
     let tls = match &config.server.tls {

@@ -7,11 +7,11 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
+use prometheus_client::metrics::counter::Counter;
 
 use super::users::{Device, Handle, Joined, NewDevice, UserIndex};
 use super::{Cas, SessionStore, StoreError};
@@ -65,17 +65,17 @@ impl Inner {
 }
 
 /// Sessions that ended without the proxy ending them, by reason (SPEC §13 metrics).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Ended {
-    expired: AtomicU64,
-    evicted: AtomicU64,
+    expired: Counter,
+    evicted: Counter,
 }
 
 /// The in-memory store. Cloning shares the same entries.
 #[derive(Clone)]
 pub struct MemoryStore {
     inner: Arc<Mutex<Inner>>,
-    ended: Arc<Ended>,
+    ended: Ended,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -97,8 +97,15 @@ impl MemoryStore {
                 member_of: HashMap::new(),
                 handles: HashMap::new(),
             })),
-            ended: Arc::default(),
+            ended: Ended::default(),
         }
+    }
+
+    /// Counts the sessions this store sees expire, and those it evicts, on these counters
+    /// (the proxy's `sessiongate_sessions_destroyed_total{reason}`).
+    pub fn counting(mut self, expired: Counter, evicted: Counter) -> Self {
+        self.ended = Ended { expired, evicted };
+        self
     }
 
     /// Number of entries held, expired ones not yet reclaimed included.
@@ -109,16 +116,6 @@ impl MemoryStore {
     /// True when no entry is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// Sessions found expired (idle or absolute) and removed since start.
-    pub fn expired_total(&self) -> u64 {
-        self.ended.expired.load(Ordering::Relaxed)
-    }
-
-    /// Sessions evicted to stay within `store.max_sessions` since start.
-    pub fn evicted_total(&self) -> u64 {
-        self.ended.evicted.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -133,7 +130,7 @@ impl MemoryStore {
                 Some((_, e)) if e.expires <= now => {
                     if let Some((id, _)) = inner.map.pop_lru() {
                         inner.unindex(&id);
-                        self.ended.expired.fetch_add(1, Ordering::Relaxed);
+                        self.ended.expired.inc();
                     }
                 }
                 _ => break,
@@ -144,7 +141,7 @@ impl MemoryStore {
     /// Removes the expired entry `id`.
     fn expire(&self, inner: &mut Inner, id: &SessionId) {
         inner.destroy(id);
-        self.ended.expired.fetch_add(1, Ordering::Relaxed);
+        self.ended.expired.inc();
     }
 }
 
@@ -195,7 +192,7 @@ impl SessionStore for MemoryStore {
                     } else {
                         &self.ended.expired
                     };
-                    reason.fetch_add(1, Ordering::Relaxed);
+                    reason.inc();
                 }
                 Ok(true)
             }
