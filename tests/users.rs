@@ -323,7 +323,11 @@ async fn no_request_started_after_the_revocation_is_served_with_a_revoked_sessio
             let mut n = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 let after = revoked.load(Ordering::SeqCst);
-                let g = if (i + n).is_multiple_of(2) { &p.a } else { &p.b };
+                let g = if (i + n).is_multiple_of(2) {
+                    &p.a
+                } else {
+                    &p.b
+                };
                 // Before the revocation, every third client also logs in again now and
                 // then: a rotation that races with the revocation.
                 let path = if !after && i % 3 == 0 && n % 4 == 3 {
