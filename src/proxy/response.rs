@@ -178,6 +178,7 @@ impl Gate {
             // Destroy alone.
             if let Some(id) = old_id {
                 self.timed(StoreOp::delete, self.store.delete(&id)).await?;
+                self.close_upgrades(&id);
             }
             return Ok((CookieOut::Clear, Some(Outcome::Destroyed)));
         }
@@ -203,6 +204,7 @@ impl Gate {
             }
             return Err(e.into());
         }
+        old_id.inspect(|old| self.close_upgrades(old));
         Ok((CookieOut::Set(new_id), Some(Outcome::Created)))
     }
 
