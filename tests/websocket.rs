@@ -27,7 +27,8 @@ use support::redis_server::RedisServer;
 use support::*;
 
 /// The application: `/login` sets a session (a new one per call), `/logout` destroys it,
-/// `/ws` upgrades and echoes; anything else answers `ok`.
+/// `/ws` upgrades and echoes (`/ws?login` also sets a session on its `101`); anything
+/// else answers `ok`.
 struct App {
     addr: SocketAddr,
     /// Upgraded connections the application holds open.
@@ -93,6 +94,9 @@ async fn app() -> App {
                                 let h = res.headers_mut();
                                 h.insert("connection", "upgrade".parse().unwrap());
                                 h.insert("upgrade", "websocket".parse().unwrap());
+                                if req.uri().query() == Some("login") {
+                                    h.insert("x-session-set", r#"{"userId":2}"#.parse().unwrap());
+                                }
                             }
                             _ => {}
                         }
@@ -116,12 +120,17 @@ async fn login(gate: &Gate) -> String {
 
 /// Opens a WebSocket through `gate` (with `cookie`, if any) and checks that it echoes.
 async fn websocket(gate: &Gate, cookie: Option<&str>) -> TcpStream {
+    websocket_at(gate, "/ws", cookie).await.0
+}
+
+/// Opens a WebSocket on `path` and checks that it echoes; also returns the `101` head.
+async fn websocket_at(gate: &Gate, path: &str, cookie: Option<&str>) -> (TcpStream, String) {
     let mut s = TcpStream::connect(gate.addr).await.unwrap();
     let cookie = cookie
         .map(|c| format!("cookie: {c}\r\n"))
         .unwrap_or_default();
     let req = format!(
-        "GET /ws HTTP/1.1\r\nhost: app\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n{cookie}\r\n"
+        "GET {path} HTTP/1.1\r\nhost: app\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n{cookie}\r\n"
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut head = Vec::new();
@@ -134,10 +143,10 @@ async fn websocket(gate: &Gate, cookie: Option<&str>) -> TcpStream {
         );
         head.push(byte[0]);
     }
-    let head = String::from_utf8_lossy(&head);
+    let head = String::from_utf8_lossy(&head).into_owned();
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert_echoes(&mut s).await;
-    s
+    (s, head)
 }
 
 /// The connection still carries bytes both ways.
@@ -233,6 +242,29 @@ async fn a_login_that_regenerates_the_id_closes_the_old_sessions_websocket() {
     let mut again = websocket(&gate, Some(&new)).await;
     assert_echoes(&mut again).await;
     drop(again);
+    eventually(|| registered(&gate) == 0, "the registry empties").await;
+    gate.join().await;
+}
+
+#[tokio::test]
+async fn a_websocket_whose_101_logs_in_belongs_to_the_new_session() {
+    trace_init();
+    let app = app().await;
+    let gate = gate(app.addr)
+        .toml("[session]\nrevalidate_sec = 3600")
+        .run()
+        .await;
+    let (mut ws, head) = websocket_at(&gate, "/ws?login", None).await;
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: session="))
+        .and_then(|v| v.split(';').next())
+        .map(|v| format!("session={v}"))
+        .unwrap_or_else(|| panic!("the 101 sets the session cookie: {head}"));
+    assert_eq!(registered(&gate), 1);
+
+    gate.get_with("/logout", &[("cookie", &cookie)]).await;
+    assert_closed(&mut ws, "the WebSocket of the session its 101 created").await;
     eventually(|| registered(&gate) == 0, "the registry empties").await;
     gate.join().await;
 }
