@@ -14,12 +14,16 @@
 //! 4. here: one access event and the metrics, written by a drop guard, so that a request
 //!    whose client went away (hyper then drops this future) is still counted and logged.
 //!
-//! Bodies are streamed both ways; upgrades are bridged once the upstream answers 101.
+//! Bodies are streamed both ways; upgrades are bridged once the upstream answers 101, and
+//! one opened with a session closes when that session ends ([`upgrades`], SPEC §13).
 
 pub mod csrf;
 mod request;
 mod response;
 mod route;
+mod upgrades;
+
+pub use upgrades::Upgrades;
 
 use std::cell::Cell;
 use std::convert::Infallible;
@@ -34,7 +38,8 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tracing::{debug, warn};
+use tokio::io::AsyncWriteExt as _;
+use tracing::{debug, info, warn};
 
 use crate::config::{Config, OnError, RouteSession, UpstreamUrl};
 use crate::cookie::{CookieCodec, SetCookieBuilder};
@@ -44,6 +49,7 @@ use crate::protocol::{self, ReservedNames};
 use crate::route::RouteTable;
 use crate::secrets::Secrets;
 use crate::session::{Lifetime, Record, SessionId, unix_now};
+use crate::store::users::Handle;
 use crate::store::{Store, StoreError};
 use crate::telemetry::{Access, Outcome};
 use crate::token::TokenSigner;
@@ -175,6 +181,10 @@ pub struct Gate {
     csrf: Option<csrf::CsrfPolicy>,
     /// `csrf.report_only`: forward what the policy refuses, logged and counted.
     csrf_report_only: bool,
+    /// Upgraded connections opened with a session, closed when it ends (SPEC §13).
+    upgrades: Upgrades,
+    /// `session.revalidate_sec`: how often an upgraded connection re-checks its session.
+    revalidate_sec: u64,
 }
 
 impl std::fmt::Debug for Gate {
@@ -282,6 +292,8 @@ impl Gate {
                 trusted_origins: config.csrf.trusted_origins.clone(),
             }),
             csrf_report_only: config.csrf.report_only,
+            upgrades: Upgrades::new(),
+            revalidate_sec: config.session.revalidate_sec,
         })
     }
 
@@ -298,6 +310,12 @@ impl Gate {
     /// The metrics this gate updates.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The upgraded connections open through this gate: [`Upgrades::ended`] closes those of
+    /// sessions ended elsewhere than the request path (revocations, the admin API).
+    pub fn upgrades(&self) -> &Upgrades {
+        &self.upgrades
     }
 
     /// Runs a store operation and records its latency.
@@ -421,18 +439,28 @@ impl Gate {
         };
         upstream.metrics.answered(sent.elapsed());
 
-        if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_upgrade)) =
-            (res.status(), client_upgrade)
-        {
-            let upstream_upgrade = hyper::upgrade::on(&mut res);
-            tokio::spawn(bridge(client_upgrade, upstream_upgrade));
-        }
+        let upgrade = match (res.status(), client_upgrade) {
+            (StatusCode::SWITCHING_PROTOCOLS, Some(client_upgrade)) => {
+                Some((client_upgrade, hyper::upgrade::on(&mut res)))
+            }
+            _ => None,
+        };
         let (mut parts, body) = res.into_parts();
         if parts.status != StatusCode::SWITCHING_PROTOCOLS {
             // The upstream's hop-by-hop headers (and those its `Connection` names) end here.
             protocol::strip_hop_by_hop(&mut parts.headers);
         }
         self.on_upstream_response(ctx, &mut parts.headers).await?;
+        if let Some((client_upgrade, upstream_upgrade)) = upgrade {
+            // Registered before the 101 leaves: a session ended from now on closes it.
+            let session = self
+                .upgraded_session(ctx, &parts.headers)
+                .map(|id| (id, self.upgrades.register(Handle::of(&id))));
+            tokio::spawn(
+                self.clone()
+                    .bridge(client_upgrade, upstream_upgrade, session),
+            );
+        }
         Ok(Response::from_parts(parts, Either::Left(body)))
     }
 }
@@ -464,15 +492,69 @@ impl Drop for Finish<'_> {
     }
 }
 
-async fn bridge(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    match tokio::try_join!(client, upstream) {
-        Ok((c, u)) => {
-            let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+/// How long closing an upgraded connection for its session's end may take to say goodbye
+/// (TLS `close_notify`, FIN) before both connections are dropped anyway.
+const UPGRADE_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+impl Gate {
+    /// The session an upgraded connection belongs to: the one the client holds once the
+    /// 101 is sent. That is the cookie the response sets (a Set on the 101 itself), none
+    /// when it clears it, and otherwise the session the request carried.
+    fn upgraded_session(&self, ctx: &Ctx, headers: &http::HeaderMap) -> Option<SessionId> {
+        let name = self.cookie_name.as_bytes();
+        // Only the proxy's own `Set-Cookie` for our name is left (phase 3 drops upstream ones).
+        let set = headers.get_all(header::SET_COOKIE).iter().find_map(|v| {
+            let value = v.as_bytes().strip_prefix(name)?.strip_prefix(b"=")?;
+            value.split(|b| *b == b';').next()
+        });
+        match (set, &ctx.lookup) {
+            (Some(value), _) => self.codec.verify(value).map(|v| v.id),
+            (None, Lookup::Active { id, .. }) => Some(*id),
+            (None, _) => None,
+        }
+    }
+
+    /// Joins the client's and the upstream's upgraded connections. One opened with a
+    /// session (registered as `session`) is closed, both ways, when that session ends.
+    async fn bridge(
+        self: Arc<Self>,
+        client: hyper::upgrade::OnUpgrade,
+        upstream: hyper::upgrade::OnUpgrade,
+        session: Option<(SessionId, upgrades::Registration)>,
+    ) {
+        let (c, u) = match tokio::try_join!(client, upstream) {
+            Ok(pair) => pair,
+            Err(e) => return debug!(error = %e, "upgrade did not complete"),
+        };
+        let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+        let copy = tokio::io::copy_bidirectional(&mut c, &mut u);
+        let Some((id, mut registration)) = session else {
+            if let Err(e) = copy.await {
                 debug!(error = %e, "upgraded connection ended");
             }
-        }
-        Err(e) => debug!(error = %e, "upgrade did not complete"),
+            return;
+        };
+        let end = tokio::select! {
+            copied = copy => {
+                if let Err(e) = copied {
+                    debug!(error = %e, "upgraded connection ended");
+                }
+                return;
+            }
+            _ = &mut registration.closed => upgrades::SessionEnd::Ended,
+            end = self.watch_session(&id) => end,
+        };
+        drop(registration);
+        info!(
+            reason = end.as_str(),
+            "closing an upgraded connection: its session ended"
+        );
+        // Both ways: the client and the upstream each see their connection close. A
+        // WebSocket close frame would need the proxy to parse the stream; it does not.
+        let _ = tokio::time::timeout(UPGRADE_CLOSE_GRACE, async {
+            let _ = tokio::join!(c.shutdown(), u.shutdown());
+        })
+        .await;
     }
 }
 

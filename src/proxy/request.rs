@@ -138,6 +138,7 @@ impl Gate {
             Ok(Some(rec)) if self.lifetime.is_past_absolute(&rec, ctx.now()) => {
                 debug!("session reached absolute_ttl_sec");
                 self.timed(StoreOp::delete, self.store.delete(&id)).await?;
+                self.close_upgrades(&id);
                 self.metrics.lookup(LookupResult::miss);
                 self.metrics.destroyed(DestroyReason::expired, 1);
                 ctx.lookup = Lookup::Gone;

@@ -208,6 +208,7 @@ impl Gate {
                         .await?;
                     if ended {
                         self.metrics.destroyed(DestroyReason::revoke, 1);
+                        self.upgrades.ended(&[h]);
                     }
                 }
                 _ => {}
@@ -279,6 +280,7 @@ impl Gate {
             }
             return Err(e.into());
         }
+        old_id.inspect(|old| self.close_upgrades(old));
         Ok((CookieOut::Set(new_id), Some(Outcome::Created)))
     }
 
@@ -291,6 +293,7 @@ impl Gate {
     /// Destroys `id` (of `user`, if indexed): the record, then its place in the index.
     async fn destroy(&self, id: &SessionId, user: Option<&str>) -> Result<(), GateError> {
         self.timed(StoreOp::delete, self.store.delete(id)).await?;
+        self.close_upgrades(id);
         if let Some(user) = user {
             self.leave(user, id).await;
         }
@@ -327,6 +330,7 @@ impl Gate {
                 if !evicted.is_empty() {
                     self.metrics
                         .destroyed(DestroyReason::limit, evicted.len() as u64);
+                    self.upgrades.ended(&evicted);
                 }
                 Ok(true)
             }
@@ -341,6 +345,7 @@ impl Gate {
             .await?;
         self.metrics
             .destroyed(DestroyReason::revoke, ended.len() as u64);
+        self.upgrades.ended(&ended);
         Ok(ended)
     }
 
