@@ -12,7 +12,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::Path;
 
-use crate::config::{Config, ConfigError, RawConfig, StoreKind};
+use crate::config::{Config, ConfigError, RawConfig};
 
 /// Validates `raw`, parsed from `text` that came from `path`.
 pub(super) fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigError> {
@@ -123,12 +123,6 @@ impl Validator<'_> {
         let session = self.session(session)?;
         let cookie = self.cookie(cookie, &session.cookie_name)?;
         let store = self.store(store, session.ttl_sec)?;
-        if store.kind == StoreKind::Redis && session.user_field.is_some() {
-            return Err(self.err(
-                "session.user_field",
-                "the per-user index is not available with store.kind = \"redis\" yet",
-            ));
-        }
         let forward = self.forward(forward)?;
         let csrf = self.csrf(csrf)?;
         let routes = self.routes(route, &server)?;
