@@ -15,11 +15,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use sessiongate::config::{OnError, StoreKind, StoreSettings};
 use sessiongate::session::{Record, SessionId};
+use sessiongate::store::seal::SessionKeys;
 use sessiongate::store::users::{Handle, Joined, NewDevice, UserIndex};
 use sessiongate::store::{MemoryStore, RedisStore, SessionStore, Store};
+use sha2::Digest as _;
 use support::redis_sentinel::SentinelGroup;
 use support::redis_server::{RedisCluster, RedisServer};
 
@@ -512,6 +514,142 @@ async fn a_dump_holds_no_session_id(fx: &Fixture) {
     }
 }
 
+/// The index keys of `user` (see `src/store/redis/users.rs`).
+fn index_keys(user: &str) -> (String, String) {
+    let tag = URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(user.as_bytes()));
+    let members = format!("{NAMESPACE}u:{{{}}}", &tag[..22]);
+    let facts = format!("{members}:d");
+    (members, facts)
+}
+
+/// The record key of `id`.
+fn record_key(id: &SessionId) -> String {
+    let hash = sha2::Sha256::digest(id.encode().as_str().as_bytes());
+    format!("{NAMESPACE}{}", URL_SAFE_NO_PAD.encode(hash))
+}
+
+impl Fixture {
+    /// Runs `cmd` on the Redis behind the store.
+    fn query<T: ::redis::FromRedisValue>(&self, cmd: &::redis::Cmd) -> T {
+        match &self.redis {
+            Redis::None => panic!("a case for Redis"),
+            Redis::Server(s) => cmd.query(&mut s.connection()).unwrap(),
+            Redis::Cluster(c) => cmd.query(&mut c.connection()).unwrap(),
+            Redis::Sentinel(g) => cmd.query(&mut g.nodes[0].connection()).unwrap(),
+        }
+    }
+
+    fn score(&self, user: &str, id: &SessionId) -> Option<f64> {
+        let (members, _) = index_keys(user);
+        self.query(
+            ::redis::cmd("ZSCORE")
+                .arg(members)
+                .arg(Handle::of(id).to_string()),
+        )
+    }
+
+    fn ttl(&self, key: &str) -> i64 {
+        self.query(::redis::cmd("TTL").arg(key))
+    }
+}
+
+/// The index lifetime of these stores: `ttl` (60 s) plus the slack of 300 s.
+const LIFETIME: i64 = 360;
+
+async fn the_index_expires_and_is_refreshed_before_each_touch(fx: &Fixture) {
+    let id = fx.session("nina", 1).await;
+    let (members, facts) = index_keys("nina");
+    let handle_key = format!("{NAMESPACE}h:{}", Handle::of(&id));
+    for key in [&members, &facts, &handle_key] {
+        let ttl = fx.ttl(key);
+        assert!(ttl > LIFETIME - 10 && ttl <= LIFETIME, "{key}: {ttl}");
+    }
+    assert_eq!(
+        fx.query::<Option<String>>(::redis::cmd("GET").arg(&handle_key)),
+        Some("nina".to_owned())
+    );
+    // Let the index run short and the record be due for a touch (last touched 10 s ago).
+    for key in [&members, &facts, &handle_key] {
+        let _: i64 = fx.query(::redis::cmd("EXPIRE").arg(key).arg(5));
+    }
+    let _: i64 = fx.query(
+        ::redis::cmd("ZADD")
+            .arg(&members)
+            .arg("XX")
+            .arg(1)
+            .arg(Handle::of(&id).to_string()),
+    );
+    let now = sessiongate::session::unix_now();
+    let old = SessionKeys::derive(&id).seal_touched(&record("nina"), now - 10);
+    let _: () = fx.query(
+        ::redis::cmd("SET")
+            .arg(record_key(&id))
+            .arg(old)
+            .arg("EX")
+            .arg(5),
+    );
+    assert!(fx.loads(&id).await);
+    for key in [&members, &facts, &handle_key] {
+        let ttl = fx.ttl(key);
+        assert!(
+            ttl > LIFETIME - 10,
+            "not refreshed by the touch: {key}: {ttl}"
+        );
+    }
+    assert!(fx.score("nina", &id).unwrap() >= (now - 1) as f64);
+    assert!(fx.ttl(&record_key(&id)) > 5, "the record was touched");
+    // A write refreshes too.
+    let _: i64 = fx.query(::redis::cmd("EXPIRE").arg(&members).arg(5));
+    let cur = fx.store.load(&id, LONG).await.unwrap().unwrap();
+    let mut next = cur.clone();
+    next.data = format!(r#"{{"{FIELD}":"nina","n":2}}"#).into();
+    assert_eq!(
+        fx.store.replace(&id, &cur, &next, LONG).await.unwrap(),
+        sessiongate::store::Cas::Applied
+    );
+    assert!(fx.ttl(&members) > LIFETIME - 10);
+}
+
+async fn members_whose_record_is_gone_are_pruned(fx: &Fixture) {
+    // Its record expires in Redis without the proxy seeing it: `devices` drops it.
+    let short = SessionId::random();
+    assert!(
+        fx.store
+            .create(&short, &record("olga"), Duration::from_secs(1))
+            .await
+            .unwrap()
+    );
+    let joined = fx
+        .store
+        .join("olga", &short, &device(1), None, 0)
+        .await
+        .unwrap();
+    assert_eq!(joined, Joined::Member { evicted: vec![] });
+    let kept = fx.session("olga", 2).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while fx.query::<i64>(::redis::cmd("EXISTS").arg(record_key(&short))) == 1 {
+        assert!(tokio::time::Instant::now() < deadline, "never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fx.handles("olga").await, vec![Handle::of(&kept)]);
+    assert_eq!(fx.score("olga", &short), None, "pruned from the index");
+    let (members, facts) = index_keys("olga");
+    assert_eq!(fx.query::<i64>(::redis::cmd("ZCARD").arg(&members)), 1);
+    assert_eq!(fx.query::<i64>(::redis::cmd("HLEN").arg(&facts)), 1);
+    // Not seen for longer than the index lifetime: the next join drops it.
+    let _: i64 = fx.query(
+        ::redis::cmd("ZADD")
+            .arg(&members)
+            .arg("XX")
+            .arg(1)
+            .arg(Handle::of(&kept).to_string()),
+    );
+    let newer = fx.session("olga", 3).await;
+    assert_eq!(fx.score("olga", &kept), None);
+    assert_eq!(fx.query::<i64>(::redis::cmd("HLEN").arg(&facts)), 1);
+    assert_eq!(fx.handles("olga").await, vec![Handle::of(&newer)]);
+}
+
 /// One test module per store, each running every case; a store may add cases of its own
 /// after a comma.
 macro_rules! user_index {
@@ -541,7 +679,68 @@ macro_rules! user_index {
 
 user_index! {
     memory => super::memory_store;
-    redis => super::redis_store, a_dump_holds_no_session_id;
-    cluster => super::cluster_store, a_dump_holds_no_session_id;
-    sentinel => super::sentinel_store, a_dump_holds_no_session_id;
+    redis => super::redis_store, a_dump_holds_no_session_id, the_index_expires_and_is_refreshed_before_each_touch, members_whose_record_is_gone_are_pruned;
+    cluster => super::cluster_store, a_dump_holds_no_session_id, the_index_expires_and_is_refreshed_before_each_touch, members_whose_record_is_gone_are_pruned;
+    sentinel => super::sentinel_store, a_dump_holds_no_session_id, the_index_expires_and_is_refreshed_before_each_touch, members_whose_record_is_gone_are_pruned;
+}
+
+/// With `store.local_cache`, index writes (keys under the namespace that are never cached)
+/// leave the cache serving, and a revocation by one proxy drops the revoked sessions from
+/// every proxy's cache: at once on the proxy that revoked, on the others once Redis's
+/// invalidation arrives (SPEC §15).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revocation_empties_the_local_caches() {
+    support::trace_init();
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let mut cached = settings(server.url(), Vec::new());
+    cached.local_cache = 100;
+    let open = || RedisStore::open_indexed(&cached, NAMESPACE, FIELD, LONG).unwrap();
+    let (a, b) = (open(), open());
+    let fx = Fixture {
+        store: Store::Redis(a.clone()),
+        redis: Redis::None,
+    };
+    let revoked = fx.session("paul", 1).await;
+    let kept = fx.session("paul", 2).await;
+    // Both proxies serve both sessions from their caches (once tracking is live).
+    for store in [&a, &b] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let before = store.read_metrics().cache_hits.get();
+            for id in [&revoked, &kept] {
+                assert!(store.load(id, LONG).await.unwrap().is_some());
+            }
+            if store.read_metrics().cache_hits.get() >= before + 2 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never cached");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let handles = a.revoke("paul", Some(&kept)).await.unwrap();
+    assert_eq!(handles, vec![Handle::of(&revoked)]);
+    assert!(a.load(&revoked, LONG).await.unwrap().is_none());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while b.load(&revoked, LONG).await.unwrap().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the other proxy kept serving the revoked session"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The kept session is still served from the cache by both, index writes or not.
+    for store in [&a, &b] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let before = store.read_metrics().cache_hits.get();
+            assert!(store.load(&kept, LONG).await.unwrap().is_some());
+            if store.read_metrics().cache_hits.get() > before {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never cached again");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
