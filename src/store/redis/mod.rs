@@ -36,7 +36,9 @@
 //! # The per-user index (SPEC §13)
 //!
 //! With `session.user_field`, a user's sessions are kept in a sorted set and a hash under
-//! one Cluster hash tag, changed by scripts on that one slot; see `users.rs`.
+//! one Cluster hash tag, changed by scripts on that one slot; see `users.rs`. A `replace`
+//! of a session whose data names a user, and a due touch of one, first refresh its index
+//! entry: one more round trip, before the record's expiry is extended.
 //!
 //! # Connections and failures
 //!

@@ -30,7 +30,8 @@
 //!   `leave`, `revoke_handle`, the old user's half of a user switch, pruning.
 //! - **revoke**: take every member but the one kept, returning them.
 //! - **refresh**: if the session is a member, raise its score to now and reset both keys'
-//!   expiry (the touch and every write, below).
+//!   expiry (the touch and every write, below); sent together with an `EXPIRE` of the
+//!   session's handle key.
 //! - **restore**: put taken members back (after their records could not be deleted).
 //!
 //! Taken members' records are then deleted with `DEL` (split per slot by the cluster
@@ -70,7 +71,8 @@
 //! session whose data names a user. With the index on, the touch interval is at most
 //! [`LAST_SEEN_EVERY_SEC`], so `last_seen` lags by less than a minute. A read that is not
 //! due for a touch does nothing more than before; a due touch and a write each cost one
-//! more round trip (two commands: the refresh, then `EXPIRE` of the handle key).
+//! more round trip (two commands sent at once: the refresh and the `EXPIRE` of the handle
+//! key, which lives in another slot).
 //!
 //! The refresh sets the index keys and the handle key to expire `session.ttl_sec` +
 //! [`SLACK_SEC`] from then. Because it runs before the record's own expiry is set to
@@ -511,18 +513,17 @@ impl RedisStore {
         let handle = Handle::of(id).to_string();
         let (members, facts) = self.user_keys(&user);
         let (now, lifetime) = (unix_now().to_string(), ix.lifetime.to_string());
-        let reply = self
-            .eval(
-                &ix.refresh,
-                &[&members, &facts],
-                &[&handle, &now, &lifetime],
-            )
-            .await?;
-        if reply == Value::Int(1) {
-            let mut expire = redis::cmd("EXPIRE");
-            expire.arg(self.handle_key(&handle)).arg(ix.lifetime);
-            let _set: i64 = self.command(expire).await?;
-        }
+        // Both at once (one round trip of latency): the handle key lives in its own slot,
+        // and extending it when the session is no member only keeps a stale entry a while.
+        let mut expire = redis::cmd("EXPIRE");
+        expire.arg(self.handle_key(&handle)).arg(ix.lifetime);
+        let (keys, args) = ([&*members, &*facts], [&*handle, &*now, &*lifetime]);
+        let (index, handle_key) = tokio::join!(
+            self.eval(&ix.refresh, &keys, &args),
+            self.command::<i64>(expire),
+        );
+        index?;
+        handle_key?;
         Ok(())
     }
 
