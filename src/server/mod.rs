@@ -192,12 +192,18 @@ pub async fn build_store(config: &Config) -> Result<Store, StartError> {
             } else {
                 "store.cluster"
             };
-            let store = RedisStore::open(st, &config.session.namespace).map_err(|cause| {
-                StartError::StoreInvalid {
-                    key,
-                    target: RedisStore::describe(st),
-                    cause,
+            let namespace = &config.session.namespace;
+            let opened = match &config.session.user_field {
+                Some(field) => {
+                    let ttl = Duration::from_secs(config.session.ttl_sec);
+                    RedisStore::open_indexed(st, namespace, field, ttl)
                 }
+                None => RedisStore::open(st, namespace),
+            };
+            let store = opened.map_err(|cause| StartError::StoreInvalid {
+                key,
+                target: RedisStore::describe(st),
+                cause,
             })?;
             if st.require_on_start {
                 store

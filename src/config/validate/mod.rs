@@ -11,8 +11,9 @@ mod store;
 use std::fmt;
 use std::ops::Range;
 use std::path::Path;
+use std::time::Duration;
 
-use crate::config::{Config, ConfigError, RawConfig, StoreKind};
+use crate::config::{Config, ConfigError, RawConfig};
 
 /// Validates `raw`, parsed from `text` that came from `path`.
 pub(super) fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigError> {
@@ -122,12 +123,12 @@ impl Validator<'_> {
         let server = self.server(server, https_routes)?;
         let session = self.session(session)?;
         let cookie = self.cookie(cookie, &session.cookie_name)?;
-        let store = self.store(store, session.ttl_sec)?;
-        if store.kind == StoreKind::Redis && session.user_field.is_some() {
-            return Err(self.err(
-                "session.user_field",
-                "the per-user index is not available with store.kind = \"redis\" yet",
-            ));
+        let mut store = self.store(store, session.ttl_sec)?;
+        // The per-user index (SPEC §13): `last_seen` to within a minute. The Redis store
+        // records it with the touch, so with `user_field` it touches at least this often.
+        if session.user_field.is_some() {
+            let every = Duration::from_secs(crate::store::users::LAST_SEEN_EVERY_SEC);
+            store.touch_interval = store.touch_interval.min(every);
         }
         let forward = self.forward(forward)?;
         let csrf = self.csrf(csrf)?;
@@ -149,6 +150,21 @@ impl Validator<'_> {
 #[cfg(test)]
 mod tests {
     use crate::config::tests::{MIN, parse_str};
+
+    #[test]
+    fn the_user_index_on_redis_touches_at_least_once_a_minute() {
+        let store = |session: &str| {
+            parse_str(&format!(
+                "{MIN}[session]\nttl_sec = 86400\n{session}[store]\nkind = \"redis\"\n"
+            ))
+            .unwrap()
+            .store
+            .touch_interval
+            .as_secs()
+        };
+        assert_eq!(store(""), 864);
+        assert_eq!(store("user_field = \"userId\"\n"), 60);
+    }
 
     #[test]
     fn semantic_errors_point_at_the_value_and_name_the_key() {

@@ -33,6 +33,13 @@
 //! A read is one `GET`; its expiry is extended at most once per `store.touch_interval_sec`,
 //! and with `store.local_cache` it may be served from memory: see `reads.rs`.
 //!
+//! # The per-user index (SPEC §13)
+//!
+//! With `session.user_field`, a user's sessions are kept in a sorted set and a hash under
+//! one Cluster hash tag, changed by scripts on that one slot; see `users.rs`. A `replace`
+//! of a session whose data names a user, and a due touch of one, first refresh its index
+//! entry: one more round trip, before the record's expiry is extended.
+//!
 //! # Connections and failures
 //!
 //! No connection is made until the first operation, so the proxy starts while Redis is
@@ -123,6 +130,8 @@ struct Inner {
     cache: reads::LocalCacheSetup,
     tracking_started: AtomicBool,
     metrics: RedisReadMetrics,
+    /// The per-user index, when `session.user_field` is set (see `users.rs`).
+    users: Option<users::Indexing>,
 }
 
 enum Target {
@@ -149,6 +158,7 @@ impl std::fmt::Debug for RedisStore {
                 &self.inner.cache.as_ref().map(|(c, _)| c.len()),
             )
             .field("connected", &self.lock().conn.is_some())
+            .field("user_index", &self.inner.users.is_some())
             .finish()
     }
 }
@@ -161,6 +171,30 @@ impl RedisStore {
     /// # Errors
     /// When a URL cannot be used (the message never contains a password).
     pub fn open(settings: &StoreSettings, namespace: &str) -> Result<Self, StoreError> {
+        Self::open_with(settings, namespace, None)
+    }
+
+    /// [`open`](Self::open), keeping the per-user index (SPEC §13) of the sessions whose
+    /// data names a user in `user_field`, for sessions of idle timeout `ttl`
+    /// (`session.ttl_sec`). The touch interval is then at most a minute (see `users.rs`).
+    ///
+    /// # Errors
+    /// As [`open`](Self::open).
+    pub fn open_indexed(
+        settings: &StoreSettings,
+        namespace: &str,
+        user_field: &str,
+        ttl: Duration,
+    ) -> Result<Self, StoreError> {
+        let users = users::Indexing::new(user_field, ttl);
+        Self::open_with(settings, namespace, Some(users))
+    }
+
+    fn open_with(
+        settings: &StoreSettings,
+        namespace: &str,
+        users: Option<users::Indexing>,
+    ) -> Result<Self, StoreError> {
         let timeout = settings.timeout;
         let urls: Vec<&str> = if !settings.sentinel.is_empty() {
             settings.sentinel.iter().map(String::as_str).collect()
@@ -207,6 +241,10 @@ impl RedisStore {
         let shown = Self::describe(settings);
         let metrics = RedisReadMetrics::default();
         let cache = reads::local_cache_for(settings, &target, namespace, &metrics)?;
+        let mut touch_interval = settings.touch_interval.as_secs();
+        if users.is_some() {
+            touch_interval = users::Indexing::touch_interval(touch_interval);
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 target,
@@ -217,10 +255,11 @@ impl RedisStore {
                 shown,
                 cas: redis::Script::new(CAS_SCRIPT),
                 touch: redis::Script::new(TOUCH_SCRIPT),
-                touch_interval: settings.touch_interval.as_secs().max(1),
+                touch_interval: touch_interval.max(1),
                 cache,
                 tracking_started: AtomicBool::new(false),
                 metrics,
+                users,
             }),
         })
     }
@@ -427,6 +466,8 @@ impl SessionStore for RedisStore {
         new: &Record,
         ttl: Duration,
     ) -> Result<Cas, StoreError> {
+        // The user index first, so that it outlives the record (see `users`).
+        self.refresh_member(id, new).await?;
         let keys = SessionKeys::derive(id);
         let key = self.key_at(keys.key_hash());
         let expected = keys.header(expected);

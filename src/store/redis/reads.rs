@@ -25,6 +25,10 @@
 //! proxies are assumed to agree to well under `interval`. A touch that fails is logged and
 //! the read is still served; the next read tries again.
 //!
+//! With the per-user index (`session.user_field`), a due touch of a session whose data
+//! names a user first refreshes that user's index (its `last_seen`, the index expiry; see
+//! `users.rs`), and `interval` is at most a minute. A read that is not due does no more.
+//!
 //! # Local cache (SPEC §15)
 //!
 //! With `store.local_cache = N`, up to N opened sessions are kept in this proxy and served
@@ -110,8 +114,21 @@ impl RedisStore {
     /// Extends the expiry of `key` to `ttl_secs` when `interval` has passed since
     /// `touched` (see the module docs). A failure is logged, not returned: the session
     /// is valid now, and the next read tries again.
-    pub(super) async fn touch_if_due(&self, key: &str, touched: u64, now: u64, ttl_secs: u64) {
+    /// With the per-user index, the session's index entry is refreshed first (see
+    /// `users.rs`); when that fails, the expiry is not extended either.
+    pub(super) async fn touch_if_due(
+        &self,
+        (id, rec): (&SessionId, &Record),
+        key: &str,
+        touched: u64,
+        now: u64,
+        ttl_secs: u64,
+    ) {
         if now.saturating_sub(touched) < self.inner.touch_interval {
+            return;
+        }
+        if let Err(e) = self.refresh_member(id, rec).await {
+            warn!(error = %e, "could not refresh a session's user index entry; will retry on a later read");
             return;
         }
         let script = &self.inner.touch;
@@ -152,7 +169,8 @@ impl RedisStore {
         let cache = self.local_cache();
         let ticket = match cache.map(|c| c.get(&key, now, ttl)) {
             Some(Ok(hit)) => {
-                self.touch_if_due(&key, hit.touched, now, ttl).await;
+                self.touch_if_due((id, &hit.rec), &key, hit.touched, now, ttl)
+                    .await;
                 return Ok(Some(hit.rec));
             }
             Some(Err(ticket)) => ticket,
@@ -174,7 +192,7 @@ impl RedisStore {
             };
             cache.insert(key.clone(), ticket, entry);
         }
-        self.touch_if_due(&key, touched, now, ttl).await;
+        self.touch_if_due((id, &rec), &key, touched, now, ttl).await;
         Ok(Some(rec))
     }
 }

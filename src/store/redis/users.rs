@@ -1,48 +1,703 @@
-//! The per-user index on Redis: not built yet. `check` refuses `session.user_field` with
-//! `store.kind = "redis"`, so these answers are never reached from a valid config.
+//! The per-user index on Redis, Redis Cluster and Redis Sentinel (SPEC §13; the contract
+//! and the race argument are in [`users`](crate::store::users)).
+//!
+//! # Keys
+//!
+//! With `ns` the namespace, `T` the first 22 characters of the base64url SHA-256 of the user
+//! name, `H` a session's [`Handle`] and `K` its key hash (the record key is `ns` + `K`):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `ns` `u:{T}` | sorted set | the user's members: `H`, scored by `last_seen` (Unix seconds) |
+//! | `ns` `u:{T}:d` | hash | `H` -> device facts `created|K|ip|user_agent` |
+//! | `ns` `h:` `H` | string | the user name, for `revoke_handle` without a user (the admin API) |
+//!
+//! `{T}` is a Redis Cluster hash tag: both keys of one user are in one slot, so every script
+//! below runs on that user's keys alone. Records stay in their own slots. Neither keys nor
+//! values hold a session ID or anything a cookie can be made from: the handle and the key
+//! hash are one-way hashes of the ID under distinct labels (SPEC §14); the user name and the
+//! device facts are in clear, as SPEC §14 allows. None of these keys can be taken for a
+//! record key (`:` and `{` are not base64url).
+//!
+//! # Scripts (each one atomic step on the user's slot)
+//!
+//! - **join**: when replacing a session of the same user, check that it is a member (else
+//!   answer "gone", adding nothing) and remove it; prune members not seen for the index
+//!   lifetime (below); add the new member and its facts; set both keys' expiry; past
+//!   `max_per_user`, take the least recently seen others (lowest score, then oldest
+//!   `created`) and return them.
+//! - **take**: remove one member, returning its score and facts (nil when it is none):
+//!   `leave`, `revoke_handle`, the old user's half of a user switch, pruning.
+//! - **revoke**: take every member but the one kept, returning them.
+//! - **refresh**: if the session is a member, raise its score to now and reset both keys'
+//!   expiry (the touch and every write, below); sent together with an `EXPIRE` of the
+//!   session's handle key.
+//! - **restore**: put taken members back (after their records could not be deleted).
+//!
+//! Taken members' records are then deleted with `DEL` (split per slot by the cluster
+//! client) *before* `revoke`, `revoke_handle` or the eviction of a `join` returns. If that
+//! `DEL` fails, the members are restored to the index, so that a retry finds them, and the
+//! call returns the error.
+//!
+//! # Why this is race-free on a Cluster
+//!
+//! The contract's argument needs two atomic steps, and both are scripts on one slot: `join`
+//! checks and removes the replaced member and adds the new one in one script, `revoke`
+//! takes every member in one script. A rotation (create the record, join replacing, delete
+//! the old record) that runs against a revocation is therefore either wholly before the
+//! revoke script (the new session is a member and is taken) or after it (the join answers
+//! [`Joined::SourceGone`] and the rotation deletes its own new record). Records living in
+//! other slots do not matter: a record is only trusted once it is a member, and a taken
+//! member's record is deleted before `revoke` returns; nothing recreates a deleted record.
+//!
+//! A **user switch** (replacing a session of another user, e.g. a login as somebody else
+//! from a session that named a user) needs two slots: the old member is taken from the old
+//! user's index (answering "gone" when it is no member), then the new one joins the new
+//! user's. In between, the old session is a member of no index while its record still
+//! lives, until the rotation deletes it right after the join: a revocation of the old user
+//! in that moment does not delete it, but the rotation does, and its cookie is being
+//! replaced anyway. The new session is a fresh member of the new user, which a revocation
+//! of the new user during that moment does not cover (as any login). This window is benign.
+//!
+//! A replacing join that **fails** (Redis did not answer in time, so whether a script ran is
+//! unknown) deletes the replaced session's record before it returns the error: otherwise
+//! that session could live on having left the index, unseen by any later revocation.
+//!
+//! # last_seen, expiry and pruning
+//!
+//! `last_seen` is the member's score. It is raised by the **refresh** script, which runs
+//! *before* the record's expiry is extended, on every touch (a read that extends the
+//! expiry, at most once per `store.touch_interval_sec`) and on every write (`replace`) of a
+//! session whose data names a user. With the index on, the touch interval is at most
+//! [`LAST_SEEN_EVERY_SEC`], so `last_seen` lags by less than a minute. A read that is not
+//! due for a touch does nothing more than before; a due touch and a write each cost one
+//! more round trip (two commands sent at once: the refresh and the `EXPIRE` of the handle
+//! key, which lives in another slot).
+//!
+//! The refresh sets the index keys and the handle key to expire `session.ttl_sec` +
+//! [`SLACK_SEC`] from then. Because it runs before the record's own expiry is set to
+//! `ttl_sec` from then, the index of a user outlives each of its members' records (unless
+//! the refresh fails, in which case the touch is not made, or the write fails). Members
+//! whose score is older than that lifetime have no record any more (expired in Redis
+//! without the proxy seeing it): the join script drops them. [`devices`] checks each
+//! member's record with `EXISTS` and drops those whose record is gone (evicted by Redis
+//! under `maxmemory`, or expired). So the index never grows past the live sessions of
+//! users seen within the lifetime, and the keys of a user who never comes back expire.
+//! Proxy clocks are assumed to agree to well within [`SLACK_SEC`].
+//!
+//! # Sentinel and the local cache
+//!
+//! Every command goes through the store's connection, so with Sentinel each write (the
+//! scripts, `SET`, `DEL`) is acknowledged only once a replica holds it (`WAIT 1`), like a
+//! record write. The index keys are under the namespace, so with `store.local_cache` every
+//! proxy hears of their changes: an invalidation of a key that is never cached only
+//! refuses one pending insert in its bucket (see `cache.rs`), never a stale entry. This
+//! proxy drops its cached copy of every record it deletes here at once.
+//!
+//! [`devices`]: UserIndex::devices
 
-use super::RedisStore;
-use crate::session::SessionId;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use redis::{FromRedisValue, Value};
+use sha2::{Digest as _, Sha256};
+use tracing::warn;
+
+use super::{RedisStore, unavailable, unexpected};
+use crate::session::{Record, SessionId, unix_now};
 use crate::store::StoreError;
-use crate::store::users::{Device, Handle, Joined, NewDevice, UserIndex};
+use crate::store::seal::{KEY_HASH_TEXT_LEN, KeyHash};
+use crate::store::users::{
+    Device, Handle, Joined, LAST_SEEN_EVERY_SEC, NewDevice, UserIndex, user_in,
+};
 
-fn not_built() -> StoreError {
-    StoreError::Unavailable("the per-user index is not available on Redis yet".into())
+/// Seconds the index of a member outlives the member's record at least, to cover the
+/// moment between a refresh and the record write after it, and clock differences.
+const SLACK_SEC: u64 = 300;
+/// Characters of the user's hash in the hash tag.
+const USER_TAG_LEN: usize = 22;
+
+/// `KEYS` = members, facts. `ARGV` = handle, facts, now, prune cutoff, expiry seconds,
+/// max_per_user, handle replaced ("" = none). 0 when the replaced handle is no member;
+/// else the evicted members as (handle, score, facts) triples.
+const JOIN_SCRIPT: &str = r"
+local z, d, h = KEYS[1], KEYS[2], ARGV[1]
+if ARGV[7] ~= '' then
+  if not redis.call('ZSCORE', z, ARGV[7]) then
+    return 0
+  end
+  redis.call('ZREM', z, ARGV[7])
+  redis.call('HDEL', d, ARGV[7])
+end
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', z, '-inf', '(' .. ARGV[4])) do
+  redis.call('ZREM', z, m)
+  redis.call('HDEL', d, m)
+end
+redis.call('ZADD', z, ARGV[3], h)
+redis.call('HSET', d, h, ARGV[2])
+redis.call('EXPIRE', z, ARGV[5])
+redis.call('EXPIRE', d, ARGV[5])
+local out = {}
+local max, n = tonumber(ARGV[6]), redis.call('ZCARD', z)
+if max > 0 and n > max then
+  local all = redis.call('ZRANGE', z, 0, -1, 'WITHSCORES')
+  local c = {}
+  for i = 1, #all, 2 do
+    if all[i] ~= h then
+      local f = redis.call('HGET', d, all[i]) or ''
+      c[#c + 1] = {all[i], tonumber(all[i + 1]), tonumber(string.match(f, '^(%d+)|') or '0'), f, all[i + 1]}
+    end
+  end
+  table.sort(c, function(a, b)
+    if a[2] ~= b[2] then return a[2] < b[2] end
+    if a[3] ~= b[3] then return a[3] < b[3] end
+    return a[1] < b[1]
+  end)
+  for i = 1, n - max do
+    redis.call('ZREM', z, c[i][1])
+    redis.call('HDEL', d, c[i][1])
+    out[#out + 1] = c[i][1]
+    out[#out + 1] = c[i][5]
+    out[#out + 1] = c[i][4]
+  end
+end
+return out
+";
+
+/// `KEYS` = members, facts. `ARGV` = handle. Its (score, facts), removed; nil when it is
+/// no member.
+const TAKE_SCRIPT: &str = r"
+local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not s then
+  return false
+end
+local f = redis.call('HGET', KEYS[2], ARGV[1]) or ''
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return {s, f}
+";
+
+/// `KEYS` = members, facts. `ARGV` = handle kept ("" = none). Every other member as
+/// (handle, score, facts) triples, removed.
+const REVOKE_SCRIPT: &str = r"
+local out = {}
+local all = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+for i = 1, #all, 2 do
+  local m = all[i]
+  if m ~= ARGV[1] then
+    out[#out + 1] = m
+    out[#out + 1] = all[i + 1]
+    out[#out + 1] = redis.call('HGET', KEYS[2], m) or ''
+    redis.call('ZREM', KEYS[1], m)
+    redis.call('HDEL', KEYS[2], m)
+  end
+end
+return out
+";
+
+/// `KEYS` = members, facts. `ARGV` = handle, now, expiry seconds. 1 when it is a member
+/// (its score raised to now, both keys' expiry reset), else 0.
+const REFRESH_SCRIPT: &str = r"
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], 'XX', 'GT', ARGV[2], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return 1
+";
+
+/// `KEYS` = members, facts. `ARGV` = expiry seconds, then (handle, score, facts) triples:
+/// put back unless present.
+const RESTORE_SCRIPT: &str = r"
+for i = 2, #ARGV, 3 do
+  redis.call('ZADD', KEYS[1], 'NX', ARGV[i + 1], ARGV[i])
+  redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 2])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return 1
+";
+
+/// `KEYS` = a handle key. `ARGV` = user. Deletes it while it names that user.
+const DROP_HANDLE_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// What a store that keeps the index needs (`session.user_field` set).
+pub(super) struct Indexing {
+    /// `session.user_field`.
+    field: Box<str>,
+    /// Seconds the index keys and handle keys live after a member's last refresh:
+    /// `session.ttl_sec` + [`SLACK_SEC`].
+    lifetime: u64,
+    join: redis::Script,
+    take: redis::Script,
+    revoke: redis::Script,
+    refresh: redis::Script,
+    restore: redis::Script,
+    drop_handle: redis::Script,
+}
+
+impl Indexing {
+    /// The index of the sessions naming a user in `field`, for sessions of idle
+    /// timeout `ttl`.
+    pub(super) fn new(field: &str, ttl: Duration) -> Self {
+        Self {
+            field: field.into(),
+            lifetime: super::ttl_secs(ttl).saturating_add(SLACK_SEC),
+            join: redis::Script::new(JOIN_SCRIPT),
+            take: redis::Script::new(TAKE_SCRIPT),
+            revoke: redis::Script::new(REVOKE_SCRIPT),
+            refresh: redis::Script::new(REFRESH_SCRIPT),
+            restore: redis::Script::new(RESTORE_SCRIPT),
+            drop_handle: redis::Script::new(DROP_HANDLE_SCRIPT),
+        }
+    }
+
+    /// The touch interval with the index on: `last_seen` is kept to within a minute.
+    pub(super) fn touch_interval(configured: u64) -> u64 {
+        configured.min(LAST_SEEN_EVERY_SEC)
+    }
+}
+
+/// A member taken out of an index by a script.
+struct Taken {
+    handle: String,
+    score: String,
+    facts: String,
+}
+
+/// Device facts as stored: `created|key hash|ip|user agent`.
+struct Facts<'a> {
+    created: u64,
+    key_hash: &'a str,
+    ip: &'a str,
+    user_agent: &'a str,
+}
+
+impl<'a> Facts<'a> {
+    fn encode(device: &NewDevice, id: &SessionId) -> String {
+        format!(
+            "{}|{}|{}|{}",
+            device.created,
+            KeyHash::of(id),
+            device.ip,
+            device.user_agent
+        )
+    }
+
+    fn parse(text: &'a str) -> Option<Self> {
+        let mut parts = text.splitn(4, '|');
+        let created = parts.next()?.parse().ok()?;
+        let key_hash = parts.next()?;
+        let ip = parts.next()?;
+        let user_agent = parts.next()?;
+        let is_key_hash = key_hash.len() == KEY_HASH_TEXT_LEN
+            && key_hash
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        is_key_hash.then_some(Self {
+            created,
+            key_hash,
+            ip,
+            user_agent,
+        })
+    }
+}
+
+/// The text of a reply item (a bulk or simple string).
+fn text(v: Value) -> Result<String, StoreError> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b)
+            .map_err(|_| StoreError::Unavailable("a user index entry is not UTF-8".into())),
+        Value::SimpleString(s) => Ok(s),
+        Value::Int(n) => Ok(n.to_string()),
+        other => Err(unexpected("a user index script", &other)),
+    }
+}
+
+/// (handle, score, facts) triples of a script's reply.
+fn taken(reply: Value) -> Result<Vec<Taken>, StoreError> {
+    let Value::Array(items) = reply else {
+        return Err(unexpected("a user index script", &reply));
+    };
+    let mut items = items.into_iter();
+    let mut out = Vec::with_capacity(items.len() / 3);
+    while let (Some(handle), Some(score), Some(facts)) = (items.next(), items.next(), items.next())
+    {
+        out.push(Taken {
+            handle: text(handle)?,
+            score: text(score)?,
+            facts: text(facts)?,
+        });
+    }
+    Ok(out)
+}
+
+/// The user `rec`'s data names in `field`, if any.
+fn user_of(rec: &Record, field: &str) -> Option<String> {
+    let data: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&rec.data).ok()?;
+    user_in(&data, field)
+}
+
+impl RedisStore {
+    fn indexing(&self) -> Result<&Indexing, StoreError> {
+        self.inner.users.as_ref().ok_or_else(|| {
+            StoreError::Unavailable("the per-user index needs session.user_field".into())
+        })
+    }
+
+    /// The members and facts keys of `user` (one hash tag: one slot).
+    fn user_keys(&self, user: &str) -> (String, String) {
+        let digest = Sha256::digest(user.as_bytes());
+        let tag = URL_SAFE_NO_PAD.encode(digest);
+        let members = format!("{}u:{{{}}}", self.inner.namespace, &tag[..USER_TAG_LEN]);
+        let facts = format!("{members}:d");
+        (members, facts)
+    }
+
+    /// The key naming the user of the member `handle` (its text).
+    fn handle_key(&self, handle: &str) -> String {
+        format!("{}h:{handle}", self.inner.namespace)
+    }
+
+    /// The record key of a member, from its facts.
+    fn record_key(&self, facts: &str) -> Option<String> {
+        Facts::parse(facts).map(|f| format!("{}{}", self.inner.namespace, f.key_hash))
+    }
+
+    async fn command<T: FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, StoreError> {
+        self.run(|mut conn| async move { cmd.query_async(&mut conn).await.map_err(unavailable) })
+            .await
+    }
+
+    async fn eval(
+        &self,
+        script: &redis::Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<Value, StoreError> {
+        self.run(|mut conn| async move {
+            let mut call = script.prepare_invoke();
+            for key in keys {
+                call.key(*key);
+            }
+            for arg in args {
+                call.arg(*arg);
+            }
+            call.invoke_async(&mut conn).await.map_err(unavailable)
+        })
+        .await
+    }
+
+    /// Takes member `handle` out of `user`'s index: its (score, facts), `None` when it was
+    /// no member.
+    async fn take(
+        &self,
+        ix: &Indexing,
+        user: &str,
+        handle: &str,
+    ) -> Result<Option<Taken>, StoreError> {
+        let (members, facts) = self.user_keys(user);
+        match self.eval(&ix.take, &[&members, &facts], &[handle]).await? {
+            Value::Nil => Ok(None),
+            Value::Array(items) => {
+                let mut items = items.into_iter();
+                match (items.next(), items.next()) {
+                    (Some(score), Some(facts)) => Ok(Some(Taken {
+                        handle: handle.to_owned(),
+                        score: text(score)?,
+                        facts: text(facts)?,
+                    })),
+                    _ => Err(StoreError::Unavailable(
+                        "unexpected reply to the take script: a short array".into(),
+                    )),
+                }
+            }
+            other => Err(unexpected("the take script", &other)),
+        }
+    }
+
+    /// Deletes the handle key `key` while it names `user`. A failure is logged: the key
+    /// expires by itself, and one naming a session that is no member is ignored.
+    async fn drop_handle(&self, ix: &Indexing, key: &str, user: &str) {
+        if let Err(e) = self.eval(&ix.drop_handle, &[key], &[user]).await {
+            warn!(error = %e, "could not delete a session handle's entry; it expires by itself");
+        }
+    }
+
+    /// Deletes the records of members taken from `user`'s index, then their handle keys.
+    /// Returns their handles and how many records existed. When the records cannot be
+    /// deleted, puts the members back (see the module docs) and returns the error.
+    async fn destroy_taken(
+        &self,
+        ix: &Indexing,
+        user: &str,
+        taken: &[Taken],
+    ) -> Result<(Vec<Handle>, u64), StoreError> {
+        if taken.is_empty() {
+            return Ok((Vec::new(), 0));
+        }
+        let records: Vec<String> = taken
+            .iter()
+            .filter_map(|t| self.record_key(&t.facts))
+            .collect();
+        let mut deleted = 0;
+        if !records.is_empty() {
+            let mut del = redis::cmd("DEL");
+            del.arg(&records);
+            let result: Result<u64, StoreError> = self.command(del).await;
+            // Also after a failure: a delete that timed out may still be applied.
+            for key in &records {
+                self.written(key);
+            }
+            match result {
+                Ok(n) => deleted = n,
+                Err(e) => {
+                    self.restore(ix, user, taken).await;
+                    return Err(e);
+                }
+            }
+        }
+        let handle_keys: Vec<String> = taken.iter().map(|t| self.handle_key(&t.handle)).collect();
+        let mut del = redis::cmd("DEL");
+        del.arg(&handle_keys);
+        if let Err(e) = self.command::<u64>(del).await {
+            warn!(error = %e, "could not delete the handle entries of destroyed sessions; they expire by themselves");
+        }
+        let handles = taken.iter().filter_map(|t| t.handle.parse().ok()).collect();
+        Ok((handles, deleted))
+    }
+
+    /// Puts taken members back into `user`'s index; a failure is logged.
+    async fn restore(&self, ix: &Indexing, user: &str, taken: &[Taken]) {
+        let (members, facts) = self.user_keys(user);
+        let lifetime = ix.lifetime.to_string();
+        let mut args: Vec<&str> = vec![&lifetime];
+        for t in taken {
+            args.extend([t.handle.as_str(), t.score.as_str(), t.facts.as_str()]);
+        }
+        if let Err(e) = self.eval(&ix.restore, &[&members, &facts], &args).await {
+            warn!(error = %e, sessions = taken.len(), "could not put sessions whose records were not deleted back into their user's index");
+        }
+    }
+
+    /// Deletes the record of `id` after a failed replacing join (see the module docs); a
+    /// failure is logged.
+    async fn discard(&self, id: &SessionId) {
+        if let Err(e) = crate::store::SessionStore::delete(self, id).await {
+            warn!(error = %e, "could not delete a replaced session after its replacement failed to join");
+        }
+    }
+
+    /// Before the expiry of the record of `id` is extended (a touch, a write of `rec`):
+    /// raises its `last_seen` and the expiry of its user's index and handle key, when
+    /// the index is on and `rec` names a user that has it as a member.
+    pub(super) async fn refresh_member(
+        &self,
+        id: &SessionId,
+        rec: &Record,
+    ) -> Result<(), StoreError> {
+        let Some(ix) = &self.inner.users else {
+            return Ok(());
+        };
+        let Some(user) = user_of(rec, &ix.field) else {
+            return Ok(());
+        };
+        let handle = Handle::of(id).to_string();
+        let (members, facts) = self.user_keys(&user);
+        let (now, lifetime) = (unix_now().to_string(), ix.lifetime.to_string());
+        // Both at once (one round trip of latency): the handle key lives in its own slot,
+        // and extending it when the session is no member only keeps a stale entry a while.
+        let mut expire = redis::cmd("EXPIRE");
+        expire.arg(self.handle_key(&handle)).arg(ix.lifetime);
+        let (keys, args) = ([&*members, &*facts], [&*handle, &*now, &*lifetime]);
+        let (index, handle_key) = tokio::join!(
+            self.eval(&ix.refresh, &keys, &args),
+            self.command::<i64>(expire),
+        );
+        index?;
+        handle_key?;
+        Ok(())
+    }
+
+    async fn join_indexed(
+        &self,
+        ix: &Indexing,
+        user: &str,
+        id: &SessionId,
+        device: &NewDevice,
+        replacing: Option<(&str, &SessionId)>,
+        max_per_user: usize,
+    ) -> Result<Joined, StoreError> {
+        let handle = Handle::of(id).to_string();
+        let handle_key = self.handle_key(&handle);
+        // The handle names its user before it is a member, so that every member is found
+        // by its handle alone.
+        let mut set = redis::cmd("SET");
+        set.arg(&handle_key)
+            .arg(user)
+            .arg("EX")
+            .arg(ix.lifetime)
+            .arg("GET");
+        let before: Option<String> = self.command(set).await?;
+        let replaced = replacing.map(|(u, old)| (u, Handle::of(old).to_string()));
+        if let Some(before) = before.as_deref()
+            && before != user
+            && replaced.as_ref().is_none_or(|(_, old)| *old != handle)
+        {
+            // A member of another user's index until now: no longer.
+            self.take(ix, before, &handle).await?;
+        }
+        let mut same_user = "";
+        if let Some((old_user, old)) = &replaced {
+            if *old_user == user {
+                same_user = old;
+            } else if self.take(ix, old_user, old).await?.is_none() {
+                self.drop_handle(ix, &handle_key, user).await;
+                return Ok(Joined::SourceGone);
+            }
+        }
+        let (members, facts) = self.user_keys(user);
+        let now = unix_now();
+        let args = [
+            handle.clone(),
+            Facts::encode(device, id),
+            now.to_string(),
+            now.saturating_sub(ix.lifetime).to_string(),
+            ix.lifetime.to_string(),
+            max_per_user.to_string(),
+            same_user.to_owned(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let reply = self.eval(&ix.join, &[&members, &facts], &args).await?;
+        if reply == Value::Int(0) {
+            self.drop_handle(ix, &handle_key, user).await;
+            return Ok(Joined::SourceGone);
+        }
+        let victims = taken(reply)?;
+        if let Some((old_user, old)) = &replaced
+            && *old != handle
+        {
+            self.drop_handle(ix, &self.handle_key(old), old_user).await;
+        }
+        let (evicted, _) = self.destroy_taken(ix, user, &victims).await?;
+        Ok(Joined::Member { evicted })
+    }
 }
 
 impl UserIndex for RedisStore {
     async fn join(
         &self,
-        _user: &str,
-        _id: &SessionId,
-        _device: &NewDevice,
-        _replacing: Option<(&str, &SessionId)>,
-        _max_per_user: usize,
+        user: &str,
+        id: &SessionId,
+        device: &NewDevice,
+        replacing: Option<(&str, &SessionId)>,
+        max_per_user: usize,
     ) -> Result<Joined, StoreError> {
-        Err(not_built())
+        let ix = self.indexing()?;
+        let joined = self
+            .join_indexed(ix, user, id, device, replacing, max_per_user)
+            .await;
+        if joined.is_err()
+            && let Some((_, old)) = replacing
+        {
+            self.discard(old).await;
+        }
+        joined
     }
 
-    async fn leave(&self, _user: &str, _id: &SessionId) -> Result<(), StoreError> {
-        Err(not_built())
+    async fn leave(&self, user: &str, id: &SessionId) -> Result<(), StoreError> {
+        let ix = self.indexing()?;
+        let handle = Handle::of(id).to_string();
+        self.take(ix, user, &handle).await?;
+        self.drop_handle(ix, &self.handle_key(&handle), user).await;
+        Ok(())
     }
 
     async fn revoke(
         &self,
-        _user: &str,
-        _keep: Option<&SessionId>,
+        user: &str,
+        keep: Option<&SessionId>,
     ) -> Result<Vec<Handle>, StoreError> {
-        Err(not_built())
+        let ix = self.indexing()?;
+        let (members, facts) = self.user_keys(user);
+        let keep = keep.map(|k| Handle::of(k).to_string()).unwrap_or_default();
+        let reply = self.eval(&ix.revoke, &[&members, &facts], &[&keep]).await?;
+        let victims = taken(reply)?;
+        Ok(self.destroy_taken(ix, user, &victims).await?.0)
     }
 
-    async fn revoke_handle(
-        &self,
-        _user: Option<&str>,
-        _handle: &Handle,
-    ) -> Result<bool, StoreError> {
-        Err(not_built())
+    async fn revoke_handle(&self, user: Option<&str>, handle: &Handle) -> Result<bool, StoreError> {
+        let ix = self.indexing()?;
+        let handle = handle.to_string();
+        let user = match user {
+            Some(user) => user.to_owned(),
+            None => {
+                let mut get = redis::cmd("GET");
+                get.arg(self.handle_key(&handle));
+                match self.command::<Option<String>>(get).await? {
+                    Some(user) => user,
+                    None => return Ok(false),
+                }
+            }
+        };
+        let Some(taken) = self.take(ix, &user, &handle).await? else {
+            return Ok(false);
+        };
+        let (_, deleted) = self.destroy_taken(ix, &user, &[taken]).await?;
+        Ok(deleted > 0)
     }
 
-    async fn devices(&self, _user: &str) -> Result<Vec<Device>, StoreError> {
-        Err(not_built())
+    async fn devices(&self, user: &str) -> Result<Vec<Device>, StoreError> {
+        let ix = self.indexing()?;
+        let (members, facts) = self.user_keys(user);
+        let mut range = redis::cmd("ZRANGE");
+        range.arg(&members).arg(0).arg(-1).arg("WITHSCORES");
+        let scored: Vec<(String, f64)> = self.command(range).await?;
+        if scored.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut all = redis::cmd("HGETALL");
+        all.arg(&facts);
+        let known: HashMap<String, String> = self.command(all).await?;
+        let mut devices = Vec::with_capacity(scored.len());
+        let mut dead = Vec::new();
+        for (member, score) in scored {
+            let (Ok(handle), Some(f)) = (
+                member.parse::<Handle>(),
+                known.get(&member).and_then(|f| Facts::parse(f)),
+            ) else {
+                // Joined after the facts were read, or not ours: left as it is.
+                continue;
+            };
+            let mut exists = redis::cmd("EXISTS");
+            exists.arg(format!("{}{}", self.inner.namespace, f.key_hash));
+            if self.command::<i64>(exists).await? == 0 {
+                dead.push(member);
+                continue;
+            }
+            devices.push(Device {
+                handle,
+                created: f.created,
+                // Scores are whole seconds written by the proxy.
+                last_seen: score as u64,
+                user_agent: f.user_agent.to_owned(),
+                ip: f.ip.to_owned(),
+            });
+        }
+        // Members whose record is gone (expired or evicted in Redis) leave the index.
+        for member in dead {
+            self.take(ix, user, &member).await?;
+            self.drop_handle(ix, &self.handle_key(&member), user).await;
+        }
+        devices.sort_by_key(|d| (d.created, d.handle));
+        Ok(devices)
     }
 }

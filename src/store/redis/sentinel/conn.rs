@@ -12,12 +12,12 @@ use super::Sentinel;
 /// Replicas that must hold a write before it is acknowledged.
 const ACK_REPLICAS: u32 = 1;
 
-/// Commands whose effect need not reach a replica before they answer: reads, the
-/// expiry slide of a read, and connection housekeeping. Everything else is a write and
+/// Commands whose effect need not reach a replica before they answer: reads (of records
+/// and of the per-user index), the expiry slide of a read, and connection housekeeping. Everything else is a write and
 /// waits for [`ACK_REPLICAS`].
 const NOT_WAITED: &[&[u8]] = &[
     b"GET", b"GETEX", b"MGET", b"EXISTS", b"TTL", b"PTTL", b"EXPIRE", b"PEXPIRE", b"PING", b"ROLE",
-    b"INFO", b"SCRIPT", b"CLIENT", b"HELLO", b"SCAN", b"DBSIZE", b"WAIT",
+    b"INFO", b"SCRIPT", b"CLIENT", b"HELLO", b"SCAN", b"DBSIZE", b"WAIT", b"ZRANGE", b"HGETALL",
 ];
 
 /// The connection a store operation uses: every command goes to the master in use.
