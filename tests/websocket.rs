@@ -237,7 +237,9 @@ async fn revoking_a_users_other_sessions_closes_their_websockets_at_once() {
     let (phone, laptop) = (login(&gate).await, login(&gate).await);
     let mut phone_ws = websocket(&gate, Some(&phone)).await;
     let mut laptop_ws = websocket(&gate, Some(&laptop)).await;
-    let res = gate.get_with("/logout-others", &[("cookie", &laptop)]).await;
+    let res = gate
+        .get_with("/logout-others", &[("cookie", &laptop)])
+        .await;
     assert!(res.set_cookies("session").is_empty());
     assert_closed(&mut phone_ws, "the revoked session's WebSocket").await;
     assert_echoes(&mut laptop_ws).await;

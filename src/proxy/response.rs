@@ -266,8 +266,6 @@ impl Gate {
                 warn!("session revoked before its new ID could be issued; login dropped");
                 return Ok((CookieOut::Clear, Some(Outcome::Revoked)));
             }
-        } else if let Some((old_user, old)) = replacing {
-            self.leave(old_user, &old).await;
         }
         if let Some(old) = old_id.filter(|_| !revoked_current)
             && let Err(e) = self.timed(StoreOp::delete, self.store.delete(&old)).await
@@ -278,7 +276,15 @@ impl Gate {
             {
                 warn!(error = %cleanup, "could not remove the half-created session");
             }
+            if let Some(new_user) = self.user_of(&rec.data) {
+                self.leave(&new_user, &new_id).await;
+            }
             return Err(e.into());
+        }
+        // The replaced session leaves its user's index only now that its record is gone,
+        // so that a revocation meanwhile still finds it (store/users.rs).
+        if let Some((old_user, old)) = replacing {
+            self.leave(old_user, &old).await;
         }
         old_id.inspect(|old| self.close_upgrades(old));
         Ok((CookieOut::Set(new_id), Some(Outcome::Created)))

@@ -249,11 +249,10 @@ impl UserIndex for MemoryStore {
         let now = Instant::now();
         let mut guard = self.lock();
         let inner = &mut *guard;
-        if let Some((old_user, old)) = replacing {
-            if inner.member_of.get(old).map(|u| &**u) != Some(old_user) {
-                return Ok(Joined::SourceGone);
-            }
-            inner.unindex(old);
+        if let Some((old_user, old)) = replacing
+            && inner.member_of.get(old).map(|u| &**u) != Some(old_user)
+        {
+            return Ok(Joined::SourceGone);
         }
         inner.unindex(id);
         let user: Arc<str> = Arc::from(user);
@@ -262,12 +261,16 @@ impl UserIndex for MemoryStore {
         let members = inner.users.entry(user.clone()).or_default();
         members.insert(*id, device.clone());
         let mut evicted = Vec::new();
-        if max_per_user > 0 && members.len() > max_per_user {
+        // The replaced session is about to leave: it neither counts nor is evicted.
+        let replaced = replacing.map(|(_, old)| *old);
+        let counted =
+            members.len() - usize::from(replaced.is_some_and(|o| members.contains_key(&o)));
+        if max_per_user > 0 && counted > max_per_user {
             // Least recently seen first, then oldest created; a member whose record is
             // gone counts as never seen, so it goes first.
             let mut others: Vec<(Option<Instant>, u64, SessionId)> = members
                 .iter()
-                .filter(|(m, _)| *m != id)
+                .filter(|(m, _)| *m != id && Some(**m) != replaced)
                 .map(|(m, d)| {
                     let seen = inner
                         .map
@@ -278,7 +281,7 @@ impl UserIndex for MemoryStore {
                 })
                 .collect();
             others.sort_by_key(|(seen, created, _)| (*seen, *created));
-            let excess = members.len() - max_per_user;
+            let excess = counted - max_per_user;
             for (_, _, victim) in others.into_iter().take(excess) {
                 inner.destroy(&victim);
                 evicted.push(Handle::of(&victim));

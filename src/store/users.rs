@@ -13,6 +13,8 @@
 //!   session (the new ID of a login or privilege change) names the session it replaces, and
 //!   happens only while that session is still a member; it answers
 //!   [`Joined::SourceGone`] otherwise, and the caller deletes the record it just wrote.
+//!   The replaced session *stays* a member: the caller deletes its record, and only then
+//!   makes it [`leave`](UserIndex::leave).
 //! - **destroy**: delete the record, then [`leave`](UserIndex::leave).
 //! - **revoke**: [`revoke`](UserIndex::revoke) and
 //!   [`revoke_handle`](UserIndex::revoke_handle) remove the members *and* delete their
@@ -23,21 +25,24 @@
 //! The guarantee (SPEC §13): once `revoke` has returned, no load returns any revoked
 //! session, on any proxy sharing the store, including sessions being created or rotated
 //! concurrently. The index is the point of serialisation; records are never trusted to be
-//! in it. Consider every way a session of the user can be live after the revocation:
+//! in it. Every live session of the user is in one of these states when the revocation
+//! takes the members:
 //!
-//! 1. It was a member when `revoke` took the members: its record is deleted before `revoke`
-//!    returns, and no writer brings a deleted record back (`replace` never recreates, a
-//!    touch never recreates; SPEC §6).
-//! 2. It was not yet a member: its record was written by a create that had not yet joined.
-//!    Its cookie is handed out only after the join succeeds. A join that replaces a revoked
-//!    session finds that session gone from the index and fails, so the rotated session is
-//!    deleted by its own writer and its cookie never leaves the proxy. A join that replaces
-//!    nothing is a fresh login, which a revocation does not cover.
-//! 3. It joined after the revocation took the members: the same as 2, as the join checks
-//!    the replaced session's membership in the same atomic step that adds the new member.
+//! 1. A member: its record is deleted before `revoke` returns, and no writer brings a
+//!    deleted record back (`replace` never recreates, a touch never recreates; SPEC §6).
+//!    A session being replaced by a rotation is still a member until its record is gone,
+//!    so it is covered too, whichever step the rotation is at.
+//! 2. Written but not yet joined: its cookie leaves the proxy only after the join succeeds.
+//!    A join that replaces a revoked session finds that session no longer a member and
+//!    fails, so the rotated session is deleted by its own writer and its cookie never leaves
+//!    the proxy. A join that replaces nothing is a fresh login, which a revocation does not
+//!    cover.
+//! 3. Joined after the revocation took the members: the same as 2, as the join checks the
+//!    replaced session's membership in the same atomic step that adds the new member.
 //!
-//! So each store must make `join` (check the replaced member, remove it, add the new one)
-//! one atomic step on the user's index, and `revoke` (take and remove the members) another.
+//! So each store must make `join` (check the replaced member, add the new one) one atomic
+//! step on the user's index, and `revoke` (take and remove the members) another. A failed
+//! rotation leaves the replaced session exactly as it was, a member with its record.
 //! The records themselves may live elsewhere (in Redis Cluster, in other slots).
 
 use std::fmt;
@@ -201,8 +206,9 @@ pub fn user_in(data: &Map<String, Value>, field: &str) -> Option<String> {
 /// The per-user index; see the [module docs](self).
 pub trait UserIndex: Send + Sync + 'static {
     /// Makes session `id` a member of `user`'s index with `device`. With `replacing`
-    /// (that session's user and ID), only while that session is a member, which stops
-    /// being one in the same atomic step. Past `max_per_user` (0 = no limit) destroys
+    /// (that session's user and ID), only while that session is a member, checked in the
+    /// same atomic step; it stays one until the caller has deleted its record and makes it
+    /// leave. Past `max_per_user` (0 = no limit; the replaced session not counted) destroys
     /// the user's least recently seen other sessions (oldest `last_seen`, then oldest
     /// `created`).
     fn join(

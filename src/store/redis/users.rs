@@ -22,9 +22,10 @@
 //! # Scripts (each one atomic step on the user's slot)
 //!
 //! - **join**: when replacing a session of the same user, check that it is a member (else
-//!   answer "gone", adding nothing) and remove it; prune members not seen for the index
-//!   lifetime (below); add the new member and its facts; set both keys' expiry; past
-//!   `max_per_user`, take the least recently seen others (lowest score, then oldest
+//!   answer "gone", adding nothing); it stays one until the caller has deleted its record
+//!   and makes it leave. Prune members not seen for the index lifetime (below); add the
+//!   new member and its facts; set both keys' expiry; past `max_per_user` (the replaced
+//!   session not counted), take the least recently seen others (lowest score, then oldest
 //!   `created`) and return them.
 //! - **take**: remove one member, returning its score and facts (nil when it is none):
 //!   `leave`, `revoke_handle`, the old user's half of a user switch, pruning.
@@ -42,26 +43,29 @@
 //! # Why this is race-free on a Cluster
 //!
 //! The contract's argument needs two atomic steps, and both are scripts on one slot: `join`
-//! checks and removes the replaced member and adds the new one in one script, `revoke`
-//! takes every member in one script. A rotation (create the record, join replacing, delete
-//! the old record) that runs against a revocation is therefore either wholly before the
-//! revoke script (the new session is a member and is taken) or after it (the join answers
+//! checks the replaced member and adds the new one in one script, `revoke` takes every
+//! member in one script. A rotation (create the record, join replacing, delete the old
+//! record, then the old member leaves) that runs against a revocation is therefore either
+//! wholly before the revoke script as far as the index goes (both the new and the replaced
+//! session are members, and both are taken) or after it (the join answers
 //! [`Joined::SourceGone`] and the rotation deletes its own new record). Records living in
-//! other slots do not matter: a record is only trusted once it is a member, and a taken
-//! member's record is deleted before `revoke` returns; nothing recreates a deleted record.
+//! other slots do not matter: a record is only trusted once it is a member, a member leaves
+//! only after its record is gone, and a taken member's record is deleted before `revoke`
+//! returns; nothing recreates a deleted record.
 //!
 //! A **user switch** (replacing a session of another user, e.g. a login as somebody else
-//! from a session that named a user) needs two slots: the old member is taken from the old
-//! user's index (answering "gone" when it is no member), then the new one joins the new
-//! user's. In between, the old session is a member of no index while its record still
-//! lives, until the rotation deletes it right after the join: a revocation of the old user
-//! in that moment does not delete it, but the rotation does, and its cookie is being
-//! replaced anyway. The new session is a fresh member of the new user, which a revocation
-//! of the new user during that moment does not cover (as any login). This window is benign.
+//! from a session that named a user) needs two slots: the join first checks (`ZSCORE`) that
+//! the old session is still a member of the old user's index, answering "gone" otherwise,
+//! then adds the new one to the new user's. The old session stays a member of the old
+//! user's index until the rotation has deleted its record. A revocation of the old user
+//! between the check and the add deletes the old session but not the new one, which is a
+//! fresh member of the new user: as any login as that user, a revocation of the *old* user
+//! does not cover it.
 //!
-//! A replacing join that **fails** (Redis did not answer in time, so whether a script ran is
-//! unknown) deletes the replaced session's record before it returns the error: otherwise
-//! that session could live on having left the index, unseen by any later revocation.
+//! A join that **fails** (Redis did not answer in time) leaves the replaced session a
+//! member with its record: the caller deletes the new record and nothing is half-applied.
+//! If the script did run, the new member names a record that no longer exists and is
+//! pruned like any other.
 //!
 //! # last_seen, expiry and pruning
 //!
@@ -124,12 +128,8 @@ const USER_TAG_LEN: usize = 22;
 /// else the evicted members as (handle, score, facts) triples.
 const JOIN_SCRIPT: &str = r"
 local z, d, h = KEYS[1], KEYS[2], ARGV[1]
-if ARGV[7] ~= '' then
-  if not redis.call('ZSCORE', z, ARGV[7]) then
-    return 0
-  end
-  redis.call('ZREM', z, ARGV[7])
-  redis.call('HDEL', d, ARGV[7])
+if ARGV[7] ~= '' and not redis.call('ZSCORE', z, ARGV[7]) then
+  return 0
 end
 for _, m in ipairs(redis.call('ZRANGEBYSCORE', z, '-inf', '(' .. ARGV[4])) do
   redis.call('ZREM', z, m)
@@ -141,11 +141,14 @@ redis.call('EXPIRE', z, ARGV[5])
 redis.call('EXPIRE', d, ARGV[5])
 local out = {}
 local max, n = tonumber(ARGV[6]), redis.call('ZCARD', z)
+if ARGV[7] ~= '' then
+  n = n - 1
+end
 if max > 0 and n > max then
   local all = redis.call('ZRANGE', z, 0, -1, 'WITHSCORES')
   local c = {}
   for i = 1, #all, 2 do
-    if all[i] ~= h then
+    if all[i] ~= h and all[i] ~= ARGV[7] then
       local f = redis.call('HGET', d, all[i]) or ''
       c[#c + 1] = {all[i], tonumber(all[i + 1]), tonumber(string.match(f, '^(%d+)|') or '0'), f, all[i + 1]}
     end
@@ -488,14 +491,6 @@ impl RedisStore {
         }
     }
 
-    /// Deletes the record of `id` after a failed replacing join (see the module docs); a
-    /// failure is logged.
-    async fn discard(&self, id: &SessionId) {
-        if let Err(e) = crate::store::SessionStore::delete(self, id).await {
-            warn!(error = %e, "could not delete a replaced session after its replacement failed to join");
-        }
-    }
-
     /// Before the expiry of the record of `id` is extended (a touch, a write of `rec`):
     /// raises its `last_seen` and the expiry of its user's index and handle key, when
     /// the index is on and `rec` names a user that has it as a member.
@@ -559,9 +554,16 @@ impl RedisStore {
         if let Some((old_user, old)) = &replaced {
             if *old_user == user {
                 same_user = old;
-            } else if self.take(ix, old_user, old).await?.is_none() {
-                self.drop_handle(ix, &handle_key, user).await;
-                return Ok(Joined::SourceGone);
+            } else {
+                // A user switch: the replaced session must still be a member of its own
+                // user's index (another slot); it stays one until it leaves.
+                let (old_members, _) = self.user_keys(old_user);
+                let mut score = redis::cmd("ZSCORE");
+                score.arg(&old_members).arg(old);
+                if self.command::<Option<f64>>(score).await?.is_none() {
+                    self.drop_handle(ix, &handle_key, user).await;
+                    return Ok(Joined::SourceGone);
+                }
             }
         }
         let (members, facts) = self.user_keys(user);
@@ -582,11 +584,6 @@ impl RedisStore {
             return Ok(Joined::SourceGone);
         }
         let victims = taken(reply)?;
-        if let Some((old_user, old)) = &replaced
-            && *old != handle
-        {
-            self.drop_handle(ix, &self.handle_key(old), old_user).await;
-        }
         let (evicted, _) = self.destroy_taken(ix, user, &victims).await?;
         Ok(Joined::Member { evicted })
     }
@@ -602,15 +599,8 @@ impl UserIndex for RedisStore {
         max_per_user: usize,
     ) -> Result<Joined, StoreError> {
         let ix = self.indexing()?;
-        let joined = self
-            .join_indexed(ix, user, id, device, replacing, max_per_user)
-            .await;
-        if joined.is_err()
-            && let Some((_, old)) = replacing
-        {
-            self.discard(old).await;
-        }
-        joined
+        self.join_indexed(ix, user, id, device, replacing, max_per_user)
+            .await
     }
 
     async fn leave(&self, user: &str, id: &SessionId) -> Result<(), StoreError> {
