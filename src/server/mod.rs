@@ -273,6 +273,7 @@ pub fn start_on(
             metrics,
             store,
             store_timeout: config.store.timeout,
+            token: secrets.admin_token.as_ref().map(admin::AdminToken::new),
         };
         tokio::spawn(admin::serve(listener, admin, stopped(rx.clone())));
         info!(%addr, "admin listening");
