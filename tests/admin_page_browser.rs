@@ -176,6 +176,32 @@ async fn an_operator_signs_a_device_out_from_the_page() {
     .await;
     tab.screenshot(&Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operator-page.png"))
         .await;
+
+    // The page's policy is in force: a script element made in the page does not run.
+    assert_eq!(
+        tab.eval(
+            "(() => { const s = document.createElement('script'); \
+             s.textContent = 'window.inlineRan = true'; document.body.append(s); \
+             return window.inlineRan === true; })()"
+        )
+        .await,
+        json!(false),
+        "an inline script ran: the Content-Security-Policy is not applied"
+    );
+
+    tab.click("#sign-out-everywhere").await;
+    tab.wait_for(&format!("{ROWS} === 0"), "every device to disappear")
+        .await;
+    assert_eq!(
+        tab.text("#status").await,
+        "Signed ada@example.com out everywhere: 2 sessions ended."
+    );
+    assert_eq!(
+        tab.eval("document.getElementById('no-devices').hidden").await,
+        json!(false)
+    );
+    assert!(store.devices(user).await.unwrap().is_empty());
+    assert_eq!(store.devices("grace@example.com").await.unwrap().len(), 1);
     tab.close().await;
     gate.join().await;
 }
