@@ -197,7 +197,8 @@ async fn an_operator_signs_a_device_out_from_the_page() {
         "Signed ada@example.com out everywhere: 2 sessions ended."
     );
     assert_eq!(
-        tab.eval("document.getElementById('no-devices').hidden").await,
+        tab.eval("document.getElementById('no-devices').hidden")
+            .await,
         json!(false)
     );
     assert!(store.devices(user).await.unwrap().is_empty());

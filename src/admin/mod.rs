@@ -10,13 +10,13 @@
 //!
 //! | path | answer |
 //! |---|---|
-//! | `GET /` (and `/page.js`, `/page.css`) | the operator page ([`page`]) |
-//! | `GET`, `DELETE /sessions?user=U`; `DELETE /sessions/HANDLE` | the admin API ([`sessions`]), with `Authorization: Bearer <token>` ([`auth`]), else `401` |
+//! | `GET /` (and `/page.js`, `/page.css`) | the operator page (`page.rs`) |
+//! | `GET`, `DELETE /sessions?user=U`; `DELETE /sessions/HANDLE` | the admin API (`sessions.rs`), with `Authorization: Bearer <token>` (`auth.rs`), else `401` |
 //!
 //! It is a separate listener: the proxy port forwards every path to the upstream and
 //! never answers these itself.
 
-pub mod auth;
+mod auth;
 mod page;
 mod sessions;
 
