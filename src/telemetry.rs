@@ -45,6 +45,9 @@ pub enum Outcome {
     Created,
     /// The response destroyed the session.
     Destroyed,
+    /// The response revoked the session with the rest of its user's (SPEC §13), or the
+    /// session it would have replaced had been revoked meanwhile.
+    Revoked,
     /// Refused as cross-origin (SPEC §12) before any session lookup.
     Csrf,
 }
@@ -60,6 +63,7 @@ impl Outcome {
             Outcome::Error => "error",
             Outcome::Created => "created",
             Outcome::Destroyed => "destroyed",
+            Outcome::Revoked => "revoked",
             Outcome::Csrf => "csrf",
         }
     }

@@ -15,6 +15,7 @@ use sha2::Sha256;
 
 use crate::secrets::Secret;
 use crate::session::SessionId;
+use crate::store::users::Handle;
 
 /// base64url of `{"alg":"HS256","typ":"JWT"}`.
 const JOSE_HEADER_B64: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9";
@@ -47,6 +48,7 @@ impl TokenSigner {
         auth_time: Option<u64>,
         now: u64,
     ) -> HeaderValue {
+        let handle = Handle::of(id).encode();
         let id = id.encode();
         let (mut iat, mut exp, mut auth) = (
             itoa::Buffer::new(),
@@ -59,11 +61,13 @@ impl TokenSigner {
             Some(t) => (br#","auth_time":"#, auth.format(t).as_bytes()),
             None => (b"", b""),
         };
-        let claims: [&[u8]; 13] = [
+        let claims: [&[u8]; 15] = [
             br#"{"iss":""#,
             ISSUER.as_bytes(),
             br#"","sid":""#,
             id.as_str().as_bytes(),
+            br#"","handle":""#,
+            &handle,
             br#"","data":"#,
             data.as_bytes(),
             br#","iat":"#,
@@ -152,7 +156,7 @@ mod tests {
         assert!(token.is_sensitive());
     }
 
-    const KNOWN_TOKEN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJzZXNzaW9uZ2F0ZSIsInNpZCI6IkFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUEiLCJkYXRhIjp7InVzZXJJZCI6MX0sImlhdCI6MTcwMDAwMDAwMCwiZXhwIjoxNzAwMDAwMDYwfQ.OOwWwM8OsCzExX741WY6oUQs_7i07EAYJfE6Y0y9KJw";
+    const KNOWN_TOKEN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJzZXNzaW9uZ2F0ZSIsInNpZCI6IkFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUEiLCJoYW5kbGUiOiJyQnFPT09oMVhXa09SbVhsOEEwdVNBIiwiZGF0YSI6eyJ1c2VySWQiOjF9LCJpYXQiOjE3MDAwMDAwMDAsImV4cCI6MTcwMDAwMDA2MH0.ocbHronYt0BOKVNMMicOjJQB3dAXlikCDER_Y5KWq88";
 
     #[test]
     fn claims_decode_to_the_spec_shape() {
@@ -164,13 +168,14 @@ mod tests {
             assert_eq!(parts.len(), 3);
             serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap()
         };
+        let (sid, handle) = (id.encode(), Handle::of(&id).to_string());
         assert_eq!(
             claims(None),
-            json!({"iss":"sessiongate","sid":id.encode().as_str(),"data":{"a":"é"},"iat":100,"exp":160})
+            json!({"iss":"sessiongate","sid":sid.as_str(),"handle":handle,"data":{"a":"é"},"iat":100,"exp":160})
         );
         assert_eq!(
             claims(Some(90)),
-            json!({"iss":"sessiongate","sid":id.encode().as_str(),"data":{"a":"é"},"iat":100,"exp":160,"auth_time":90})
+            json!({"iss":"sessiongate","sid":sid.as_str(),"handle":handle,"data":{"a":"é"},"iat":100,"exp":160,"auth_time":90})
         );
     }
 

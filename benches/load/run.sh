@@ -25,7 +25,8 @@
 # Scenarios: S1 anonymous GET /; S2 GET / with a valid session cookie (nginx-plain gets the
 # same Cookie header and passes it on); S3 GET /login, a new session on every request
 # (through nginx-plain the upstream's header just passes through). An S2 row "sg-required":
-# sessiongate with `/` behind a `session = "required"` route (and CSRF on, the default); and
+# sessiongate with `/` behind a `session = "required"` route (and CSRF on, the default); an
+# S2 row "sg-users": sessiongate with `session.user_field = "userId"` (SPEC §13); and
 # with BASELINE_BIN, "baseline" rows of that binary in every scenario; the report gives each
 # one's paired CPU difference. They run interleaved,
 # ROUNDS times, and the table shows the median of the rounds. CPU µs/req is the proxy
@@ -268,7 +269,7 @@ COOKIE=$(login_cookie "$GATE_PORT")
 
 # More rows, interleaved with the two above: in S2, "sg-required", this build with `/`
 # behind a `session = "required"` route (CSRF on, as by default), the cost of a protected
-# path; and in every scenario, with BASELINE_BIN, "baseline", that binary (memory store).
+# path, and "sg-users", with the per-user index on (`session.user_field`); and in every scenario, with BASELINE_BIN, "baseline", that binary (memory store).
 declare -A T_PORT=([nginx-plain]=$PROXY_PORT [sessiongate]=$GATE_PORT)
 declare -A T_PID=([nginx-plain]=$PROXY_WORKER [sessiongate]=$GATE_MAIN)
 declare -A T_COOKIE=([nginx-plain]=$COOKIE [sessiongate]=$COOKIE)
@@ -289,6 +290,7 @@ add_target() { # add_target LIST NAME STORE_AND_ROUTE_LINES [BINARY]
 }
 if [[ " $SCENARIOS " == *" S2 "* ]]; then
     add_target S2_EXTRA sg-required 'kind = "memory"\n\n[[route]]\nprefix = "/"\nsession = "required"\n\n[[route]]\nprefix = "/login"'
+    add_target S2_EXTRA sg-users 'kind = "memory"\n\n[session]\nuser_field = "userId"'
 fi
 if [ -n "$SCENARIOS" ] && [ -n "${BASELINE_BIN:-}" ]; then
     add_target ALL_EXTRA baseline 'kind = "memory"' "$BASELINE_BIN"
@@ -499,6 +501,7 @@ paired() { # paired SCENARIO LABEL A B: CPU us/req of A minus B, round by round,
         "$2" "$d" "$(col "$1" "$3" 7)" "$(col "$1" "$4" 7)"
 }
 paired S2 "S2 CPU/req, required route - plain" sg-required sessiongate
+paired S2 "S2 CPU/req, user_field set - unset" sg-users sessiongate
 for s in S1 S2 S3; do
     paired "$s" "$s CPU/req, this build - baseline" sessiongate baseline
 done

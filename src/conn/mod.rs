@@ -147,7 +147,7 @@ pub struct ConnState {
     last_had_body: AtomicBool,
     /// A 101 was sent: the socket now carries another protocol.
     upgraded: AtomicBool,
-    /// A request head started, the last request ended, or the request cap was reached.
+    /// The request cap was reached.
     wake: Notify,
 }
 
@@ -190,12 +190,13 @@ impl ConnState {
         (Ticket(self.clone()), n >= self.max_requests)
     }
 
+    // Neither the end of a request nor the start of a head wakes the connection's timer:
+    // that would cost every request two extra polls of hyper's connection. The timer
+    // never sleeps longer than the header read timeout, and works out on waking what the
+    // state now asks for (see `check`).
     fn end(&self) {
         if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.idle_since_ms.store(self.now_ms(), Ordering::Relaxed);
-            // Wakes the connection's task, so hyper, now idle, reads again: with nothing
-            // there, [`Tracked`] parks it.
-            self.wake.notify_one();
         }
     }
 
@@ -207,7 +208,6 @@ impl ConnState {
         {
             self.head_started_ms
                 .store(self.now_ms() + 1, Ordering::Relaxed);
-            self.wake.notify_one();
         }
     }
 
@@ -220,8 +220,13 @@ impl ConnState {
     /// nothing came since the last response, the last request had no body and every byte
     /// read so far ends a request head, so hyper's read buffer holds no partial request.
     fn may_park(&self, tail: u32) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0 && self.at_boundary(tail)
+    }
+
+    /// [`may_park`](Self::may_park) but for a request still in flight, which may end
+    /// without the socket being read again.
+    fn at_boundary(&self, tail: u32) -> bool {
         tail == u32::from_be_bytes(*b"\r\n\r\n")
-            && self.in_flight.load(Ordering::Acquire) == 0
             && self.head_started_ms.load(Ordering::Relaxed) == 0
             && self.requests.load(Ordering::Relaxed) > 0
             && !self.last_had_body.load(Ordering::Relaxed)
@@ -273,7 +278,9 @@ impl ConnState {
         if now >= end {
             Verdict::Close("idle for server.keepalive_timeout_ms")
         } else {
-            Verdict::Wait(end)
+            // A request head may start meanwhile without waking the timer: look again
+            // within the header read timeout, so that its deadline is kept exactly.
+            Verdict::Wait(end.min(now + ms(rules.header_read_timeout)))
         }
     }
 

@@ -96,7 +96,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
                     this.tail = this.tail << 8 | u32::from(b);
                 }
             }
-            Poll::Pending if this.parking && this.flushed && this.state.may_park(this.tail) => {
+            // Armed at a request boundary even while the response is still being sent:
+            // its end does not wake this task, so the timer is what brings hyper back
+            // here to park. It parks only once everything is answered and flushed, and
+            // waits another spell otherwise.
+            Poll::Pending if this.parking && this.state.at_boundary(this.tail) => {
                 let deadline = Instant::now() + PARK_AFTER;
                 let timer = this
                     .park_timer
@@ -106,10 +110,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
                     this.park_armed = true;
                 }
                 if timer.as_mut().poll(cx).is_ready() {
-                    this.park_timer = None;
-                    this.park_armed = false;
-                    this.parked = true;
-                    return Poll::Ready(Ok(()));
+                    if this.flushed && this.state.may_park(this.tail) {
+                        this.park_timer = None;
+                        this.park_armed = false;
+                        this.parked = true;
+                        return Poll::Ready(Ok(()));
+                    }
+                    timer.as_mut().reset(deadline);
+                    // Registers the waker for the new deadline.
+                    let _ = timer.as_mut().poll(cx);
                 }
             }
             _ => {}

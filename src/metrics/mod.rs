@@ -113,6 +113,8 @@ pub enum StoreOp {
     replace,
     /// Delete.
     delete,
+    /// The per-user index: join, leave, revoke (SPEC §13).
+    index,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -285,6 +287,7 @@ impl Metrics {
             | Outcome::Miss
             | Outcome::Invalid
             | Outcome::Error
+            | Outcome::Revoked
             | Outcome::Csrf => {}
         }
     }
@@ -414,6 +417,7 @@ struct ByOp<T> {
     create: T,
     replace: T,
     delete: T,
+    index: T,
 }
 
 impl<T> ByOp<T> {
@@ -423,6 +427,7 @@ impl<T> ByOp<T> {
             create: make(StoreOp::create),
             replace: make(StoreOp::replace),
             delete: make(StoreOp::delete),
+            index: make(StoreOp::index),
         }
     }
 
@@ -432,6 +437,7 @@ impl<T> ByOp<T> {
             StoreOp::create => &self.create,
             StoreOp::replace => &self.replace,
             StoreOp::delete => &self.delete,
+            StoreOp::index => &self.index,
         }
     }
 }

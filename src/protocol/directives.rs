@@ -5,6 +5,8 @@
 use http::header::{HeaderMap, HeaderName};
 use serde_json::{Map, Value};
 
+use crate::store::users::Handle;
+
 /// `X-Session-Destroy`: delete the session.
 pub static X_SESSION_DESTROY: HeaderName = HeaderName::from_static("x-session-destroy");
 /// `X-Session-Set`: replace the session data.
@@ -12,11 +14,48 @@ pub static X_SESSION_SET: HeaderName = HeaderName::from_static("x-session-set");
 /// `X-Session-Update`: merge-patch the session data.
 pub static X_SESSION_UPDATE: HeaderName = HeaderName::from_static("x-session-update");
 
+/// What `X-Session-Destroy` ends (SPEC §6, §13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destroy {
+    /// Any value but the ones below: the current session.
+    Current,
+    /// `all`: every session of the current session's user, the current one included.
+    All,
+    /// `others`: every session of the current session's user but the current one.
+    Others,
+    /// `handle:<h>`: that session, when it belongs to the current session's user; `None`
+    /// when `<h>` is no handle (then nothing ends).
+    Handle(Option<Handle>),
+}
+
+impl Destroy {
+    /// Reads one value: `all`, `others` and the `handle:` prefix in any case, around
+    /// optional whitespace; anything else is the current session.
+    fn parse(value: &[u8]) -> Self {
+        let v = value.trim_ascii();
+        if v.eq_ignore_ascii_case(b"all") {
+            Self::All
+        } else if v.eq_ignore_ascii_case(b"others") {
+            Self::Others
+        } else if v.len() >= 7 && v[..7].eq_ignore_ascii_case(b"handle:") {
+            let h = std::str::from_utf8(&v[7..]).ok().map(str::trim);
+            Self::Handle(h.and_then(|h| h.parse().ok()))
+        } else {
+            Self::Current
+        }
+    }
+
+    /// True when the current session ends whatever its user (`Current`, `All`).
+    pub fn ends_current(self) -> bool {
+        matches!(self, Self::Current | Self::All)
+    }
+}
+
 /// The session changes an upstream response asks for, validated but not yet applied.
 #[derive(Debug, Default, PartialEq)]
 pub struct Directives {
-    /// `X-Session-Destroy` was present.
-    pub destroy: bool,
+    /// `X-Session-Destroy`, when present.
+    pub destroy: Option<Destroy>,
     /// `X-Session-Set`: the new data.
     pub set: Option<Map<String, Value>>,
     /// `X-Session-Update`: the merge patch.
@@ -26,7 +65,7 @@ pub struct Directives {
 impl Directives {
     /// True when the response changes nothing.
     pub fn is_empty(&self) -> bool {
-        !self.destroy && self.set.is_none() && self.update.is_none()
+        self.destroy.is_none() && self.set.is_none() && self.update.is_none()
     }
 }
 
@@ -72,10 +111,25 @@ pub enum DirectiveError {
 /// When a directive is repeated, not JSON, or not a JSON object.
 pub fn parse_directives(headers: &HeaderMap) -> Result<Directives, DirectiveError> {
     Ok(Directives {
-        destroy: headers.contains_key(&X_SESSION_DESTROY),
+        destroy: destroy(headers)?,
         set: object(headers, &X_SESSION_SET, "X-Session-Set")?,
         update: object(headers, &X_SESSION_UPDATE, "X-Session-Update")?,
     })
+}
+
+/// `X-Session-Destroy`: several lines are one directive only when they all say the same.
+fn destroy(headers: &HeaderMap) -> Result<Option<Destroy>, DirectiveError> {
+    let mut values = headers.get_all(&X_SESSION_DESTROY).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    let d = Destroy::parse(first.as_bytes());
+    if values.any(|v| Destroy::parse(v.as_bytes()) != d) {
+        return Err(DirectiveError::Repeated {
+            header: "X-Session-Destroy",
+        });
+    }
+    Ok(Some(d))
 }
 
 fn object(
@@ -115,7 +169,7 @@ mod tests {
             HeaderValue::from_bytes("{\"name\":\"Zoë\"}".as_bytes()).unwrap(),
         );
         let d = parse_directives(&h).unwrap();
-        assert!(d.destroy);
+        assert_eq!(d.destroy, Some(Destroy::Current));
         assert_eq!(d.set.unwrap()["userId"], 1);
         assert_eq!(d.update.unwrap()["name"], "Zoë");
 
@@ -156,5 +210,47 @@ mod tests {
             })
         );
         assert!(parse_directives(&HeaderMap::new()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn destroy_values_name_what_ends() {
+        let handle = Handle::of(&crate::session::SessionId::random());
+        let destroy = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append("x-session-destroy", HeaderValue::from_str(v).unwrap());
+            }
+            parse_directives(&h).map(|d| d.destroy)
+        };
+        for (v, want) in [
+            ("1", Destroy::Current),
+            ("", Destroy::Current),
+            ("true", Destroy::Current),
+            ("all", Destroy::All),
+            (" ALL ", Destroy::All),
+            ("others", Destroy::Others),
+            ("Others", Destroy::Others),
+            ("all,others", Destroy::Current),
+            ("handle:", Destroy::Handle(None)),
+            ("handle:nope", Destroy::Handle(None)),
+            ("handle:../../x", Destroy::Handle(None)),
+        ] {
+            assert_eq!(destroy(&[v]), Ok(Some(want)), "{v:?}");
+        }
+        assert_eq!(
+            destroy(&[&format!("handle:{handle}")]),
+            Ok(Some(Destroy::Handle(Some(handle))))
+        );
+        assert_eq!(
+            destroy(&[&format!("HANDLE: {handle}")]),
+            Ok(Some(Destroy::Handle(Some(handle))))
+        );
+        assert_eq!(destroy(&["all", "ALL"]), Ok(Some(Destroy::All)));
+        assert_eq!(
+            destroy(&["all", "others"]),
+            Err(DirectiveError::Repeated {
+                header: "X-Session-Destroy"
+            })
+        );
     }
 }

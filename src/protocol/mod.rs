@@ -12,7 +12,7 @@ mod directives;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 pub use directives::{
-    DirectiveError, Directives, X_SESSION_DESTROY, X_SESSION_SET, X_SESSION_UPDATE,
+    Destroy, DirectiveError, Directives, X_SESSION_DESTROY, X_SESSION_SET, X_SESSION_UPDATE,
     parse_directives,
 };
 

@@ -23,7 +23,7 @@ mod route;
 
 use std::cell::Cell;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -109,6 +109,15 @@ struct Ctx {
     session_off: bool,
     /// Index of the upstream the request goes to, into [`Gate::upstreams`].
     upstream: usize,
+    /// With `session.user_field`: the request's device facts, for a session it creates.
+    device: Option<DeviceSeen>,
+}
+
+/// The request's `User-Agent` and client address (SPEC §13 device facts), kept for the
+/// response's directives.
+struct DeviceSeen {
+    user_agent: Option<HeaderValue>,
+    ip: IpAddr,
 }
 
 impl Ctx {
@@ -148,6 +157,10 @@ pub struct Gate {
     lifetime: Lifetime,
     max_bytes: usize,
     regenerate_on_set: bool,
+    /// `session.user_field` (SPEC §13).
+    user_field: Option<String>,
+    /// `session.max_per_user`, 0 = no limit.
+    max_per_user: usize,
     on_error: OnError,
     forward_header: HeaderName,
     forward_headers: Vec<(HeaderName, String)>,
@@ -249,6 +262,8 @@ impl Gate {
             },
             max_bytes: config.session.max_bytes,
             regenerate_on_set: config.session.regenerate_on_set,
+            user_field: config.session.user_field.clone(),
+            max_per_user: config.session.max_per_user,
             on_error: config.store.on_error,
             forward_header: config.forward.header.clone(),
             forward_headers: config.forward.headers.clone(),
@@ -315,6 +330,7 @@ impl Gate {
                 outcome: Outcome::None,
                 session_off: false,
                 upstream: 0,
+                device: None,
             },
             status: None,
         };
@@ -380,6 +396,12 @@ impl Gate {
             return Ok(denied);
         }
         parts.uri = target.uri;
+        if self.user_field.is_some() {
+            ctx.device = Some(DeviceSeen {
+                user_agent: parts.headers.get(header::USER_AGENT).cloned(),
+                ip: self.client_ip(&parts.headers, &peer),
+            });
+        }
         let upstream = &self.upstreams[ctx.upstream];
         let upstream_req = self.to_upstream(ctx, parts, body, peer, &upstream.authority);
 

@@ -9,6 +9,8 @@
 //! 2. [`Gate::to_upstream`]: `Host`, `X-Forwarded-*`, the signed token and
 //!    `[forward.headers]`; the target is already the origin form phase 0 made.
 
+use std::net::IpAddr;
+
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -172,6 +174,31 @@ impl Gate {
             }
         }
         Ok(())
+    }
+
+    /// The client's address as the proxy resolves it: the peer, or, behind trusted
+    /// proxies, the nearest `X-Forwarded-For` entry that is not one of them.
+    pub(super) fn client_ip(&self, headers: &HeaderMap, peer: &Peer) -> IpAddr {
+        let trusted = |ip: IpAddr| self.trusted_proxies.iter().any(|c| c.contains(ip));
+        let mut client = peer.addr.ip();
+        if !trusted(client) {
+            return client;
+        }
+        let lines: Vec<&HeaderValue> = headers.get_all(&X_FORWARDED_FOR).iter().collect();
+        let entries = lines
+            .iter()
+            .rev()
+            .flat_map(|line| line.to_str().unwrap_or_default().rsplit(','));
+        for entry in entries {
+            let Ok(ip) = entry.trim().parse::<IpAddr>() else {
+                break;
+            };
+            client = ip;
+            if !trusted(ip) {
+                break;
+            }
+        }
+        client
     }
 
     /// Phase 2: the request the upstream (whose host:port is `authority`) receives.

@@ -10,11 +10,12 @@ use http::header::{self, HeaderMap, HeaderValue};
 use serde_json::{Map, Value};
 use tracing::warn;
 
-use super::{CookieOut, Ctx, Gate, Lookup};
+use super::{CookieOut, Ctx, DeviceSeen, Gate, Lookup};
 use crate::error::GateError;
-use crate::metrics::StoreOp;
-use crate::protocol::{self, DirectiveError, Directives};
+use crate::metrics::{DestroyReason, StoreOp};
+use crate::protocol::{self, Destroy, DirectiveError, Directives};
 use crate::session::{Record, SessionId, merge_object};
+use crate::store::users::{Handle, Joined, NewDevice, UserIndex, user_in};
 use crate::store::{Cas, SessionStore, StoreError};
 use crate::telemetry::Outcome;
 
@@ -54,10 +55,12 @@ impl Gate {
             // The upstream has acted on this request (logged a user in or out): its
             // directives are applied whole in a task of their own, which runs to the end
             // even when the client goes away and this future is dropped.
-            let task = tokio::spawn(
-                self.clone()
-                    .apply(ctx.lookup.clone(), ctx.now(), directives),
-            );
+            let task = tokio::spawn(self.clone().apply(
+                ctx.lookup.clone(),
+                ctx.now(),
+                directives,
+                ctx.device.take(),
+            ));
             let (out, outcome) = match task.await {
                 Ok(applied) => applied?,
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -154,32 +157,82 @@ impl Gate {
 
     /// Applies Destroy, Set and Update, in that order, after validating all of them, to
     /// the session `lookup` found at `now`. Returns the cookie to send and, when the
-    /// session's fate changed, the new access-log outcome.
+    /// session's fate changed, the new access-log outcome. `device` is the request's
+    /// user agent and client address, for a session that joins its user's index.
     async fn apply(
         self: Arc<Self>,
         lookup: Lookup,
         now: u64,
         d: Directives,
+        device: Option<DeviceSeen>,
     ) -> Result<(CookieOut, Option<Outcome>), GateError> {
-        let (old_id, current) = match &lookup {
-            Lookup::Active { id, rec, .. } => (Some(*id), (!d.destroy).then(|| (*id, rec.clone()))),
-            _ => (None, None),
+        let active = match &lookup {
+            Lookup::Active { id, rec, .. } => Some((*id, rec)),
+            _ => None,
         };
+        // SPEC §13: the user the current session belongs to, when users are indexed.
+        let user = active.and_then(|(_, rec)| self.user_of(&rec.data));
+        let destroy_current = match d.destroy {
+            Some(Destroy::Current) => true,
+            // Without a user, `all` ends the current session only (SPEC §13).
+            Some(Destroy::All) => true,
+            Some(Destroy::Handle(Some(h))) => {
+                user.is_some() && active.is_some_and(|(id, _)| Handle::of(&id) == h)
+            }
+            Some(Destroy::Others | Destroy::Handle(None)) | None => false,
+        };
+        let old_id = active.map(|(id, _)| id);
+        let current = active
+            .filter(|_| !destroy_current)
+            .map(|(id, rec)| (id, rec.clone()));
         // Keep the ID only for an Update, or a Set with `regenerate_on_set = false`.
         let in_place = current.is_some() && (d.set.is_none() || !self.regenerate_on_set);
 
         // Validate everything before the first write (SPEC §6: nothing half-applied).
         let data = self.new_data(&d, current.as_ref().map(|(_, rec)| &*rec.data))?;
 
-        if let Some((id, rec)) = current.filter(|_| in_place) {
-            return self.apply_in_place(&lookup, now, id, rec, &d, data).await;
+        // Revocations first: they end other sessions whatever happens to this one.
+        let mut revoked_current = false;
+        if let (Some(user), Some(id)) = (&user, old_id) {
+            match d.destroy {
+                Some(Destroy::All) => {
+                    let ended = self.revoke(user, None).await?;
+                    revoked_current = ended.contains(&Handle::of(&id));
+                }
+                Some(Destroy::Others) => {
+                    self.revoke(user, Some(&id)).await?;
+                }
+                Some(Destroy::Handle(Some(h))) if !destroy_current => {
+                    let ended = self
+                        .timed(StoreOp::index, self.store.revoke_handle(Some(user), &h))
+                        .await?;
+                    if ended {
+                        self.metrics.destroyed(DestroyReason::revoke, 1);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if matches!(d.destroy, Some(Destroy::Handle(None))) {
+            warn!("X-Session-Destroy names no valid handle; nothing destroyed");
+        }
+
+        if let Some(current) = current.filter(|_| in_place) {
+            return self
+                .apply_in_place(&lookup, now, current, &d, data, device)
+                .await;
         }
         if d.set.is_none() && d.update.is_none() {
             // Destroy alone.
-            if let Some(id) = old_id {
-                self.timed(StoreOp::delete, self.store.delete(&id)).await?;
+            if let Some(id) = old_id.filter(|_| destroy_current && !revoked_current) {
+                self.destroy(&id, user.as_deref()).await?;
             }
-            return Ok((CookieOut::Clear, Some(Outcome::Destroyed)));
+            return Ok(match (destroy_current, revoked_current) {
+                (false, _) => (CookieOut::Keep, None),
+                // A revoked current session counts as revoked, not as a logout.
+                (true, true) => (CookieOut::Clear, Some(Outcome::Revoked)),
+                (true, false) => (CookieOut::Clear, Some(Outcome::Destroyed)),
+            });
         }
 
         // A new session, under a new ID. Create it first, then retire the old ID: if the
@@ -192,7 +245,30 @@ impl Gate {
             ..Record::new(data.into(), now)
         };
         let new_id = self.create(&rec, now).await?;
-        if let Some(old) = old_id
+        // SPEC §13: the new session replaces the old one in the index; when the old one
+        // was revoked meanwhile (or by this very response), it does not outlive it.
+        let replacing = match (&user, old_id) {
+            (Some(u), Some(old)) if !revoked_current => Some((u.as_str(), old)),
+            _ => None,
+        };
+        if let Some(new_user) = self.user_of(&rec.data) {
+            let device = device_facts(now, device.as_ref());
+            let joined = self.join(&new_user, &new_id, &device, replacing).await;
+            if !matches!(joined, Ok(true))
+                && let Err(cleanup) = self
+                    .timed(StoreOp::delete, self.store.delete(&new_id))
+                    .await
+            {
+                warn!(error = %cleanup, "could not remove the half-created session");
+            }
+            if !joined? {
+                warn!("session revoked before its new ID could be issued; login dropped");
+                return Ok((CookieOut::Clear, Some(Outcome::Revoked)));
+            }
+        } else if let Some((old_user, old)) = replacing {
+            self.leave(old_user, &old).await;
+        }
+        if let Some(old) = old_id.filter(|_| !revoked_current)
             && let Err(e) = self.timed(StoreOp::delete, self.store.delete(&old)).await
         {
             if let Err(cleanup) = self
@@ -206,6 +282,68 @@ impl Gate {
         Ok((CookieOut::Set(new_id), Some(Outcome::Created)))
     }
 
+    /// The user `data` names, when `session.user_field` is set (SPEC §13).
+    fn user_of(&self, data: &str) -> Option<String> {
+        let field = self.user_field.as_deref()?;
+        user_in(&parse_data(data), field)
+    }
+
+    /// Destroys `id` (of `user`, if indexed): the record, then its place in the index.
+    async fn destroy(&self, id: &SessionId, user: Option<&str>) -> Result<(), GateError> {
+        self.timed(StoreOp::delete, self.store.delete(id)).await?;
+        if let Some(user) = user {
+            self.leave(user, id).await;
+        }
+        Ok(())
+    }
+
+    /// Takes `id` out of `user`'s index. The record is already gone or no longer names
+    /// the user, so a failure leaves a stale entry that names nothing live: logged only.
+    async fn leave(&self, user: &str, id: &SessionId) {
+        if let Err(e) = self.timed(StoreOp::index, self.store.leave(user, id)).await {
+            warn!(error = %e, "could not remove a session from its user's index");
+        }
+    }
+
+    /// Makes `id` a member of `user`'s index. False when the session it replaces was
+    /// revoked meanwhile (SPEC §13); sessions past `max_per_user` are ended and counted.
+    async fn join(
+        &self,
+        user: &str,
+        id: &SessionId,
+        device: &NewDevice,
+        replacing: Option<(&str, SessionId)>,
+    ) -> Result<bool, GateError> {
+        let replacing = replacing.as_ref().map(|(u, old)| (*u, old));
+        let joined = self
+            .timed(
+                StoreOp::index,
+                self.store
+                    .join(user, id, device, replacing, self.max_per_user),
+            )
+            .await?;
+        match joined {
+            Joined::Member { evicted } => {
+                if !evicted.is_empty() {
+                    self.metrics
+                        .destroyed(DestroyReason::limit, evicted.len() as u64);
+                }
+                Ok(true)
+            }
+            Joined::SourceGone => Ok(false),
+        }
+    }
+
+    /// Ends every session of `user` but `keep`, counting them as revoked.
+    async fn revoke(&self, user: &str, keep: Option<&SessionId>) -> Result<Vec<Handle>, GateError> {
+        let ended = self
+            .timed(StoreOp::index, self.store.revoke(user, keep))
+            .await?;
+        self.metrics
+            .destroyed(DestroyReason::revoke, ended.len() as u64);
+        Ok(ended)
+    }
+
     /// Set (without regeneration) or Update on the current session, keeping its ID.
     /// A compare-and-set loop, so concurrent updates are merged, never lost, and a
     /// concurrent Destroy wins. `data` is the result already computed for `expected`.
@@ -213,10 +351,10 @@ impl Gate {
         &self,
         lookup: &Lookup,
         now: u64,
-        id: SessionId,
-        mut expected: Record,
+        (id, mut expected): (SessionId, Record),
         d: &Directives,
         mut data: String,
+        device: Option<DeviceSeen>,
     ) -> Result<(CookieOut, Option<Outcome>), GateError> {
         let send_cookie = match lookup {
             Lookup::Active { rotated, rec, .. } => self.lifetime.cookie_due(rec, *rotated, now),
@@ -258,6 +396,7 @@ impl Gate {
             };
             match cas {
                 Cas::Applied => {
+                    self.reindex(&id, &expected, &next, device.as_ref()).await?;
                     let out = if send_cookie {
                         CookieOut::Set(id)
                     } else {
@@ -276,6 +415,32 @@ impl Gate {
         Err(GateError::Store(StoreError::Contention(
             "session kept changing under concurrent updates",
         )))
+    }
+
+    /// After an in-place change from `before` to `after`: when the user the data names
+    /// changed, the session leaves the old user's index and joins the new one's.
+    async fn reindex(
+        &self,
+        id: &SessionId,
+        before: &Record,
+        after: &Record,
+        device: Option<&DeviceSeen>,
+    ) -> Result<(), GateError> {
+        if self.user_field.is_none() {
+            return Ok(());
+        }
+        let (old, new) = (self.user_of(&before.data), self.user_of(&after.data));
+        if old == new {
+            return Ok(());
+        }
+        if let Some(old) = &old {
+            self.leave(old, id).await;
+        }
+        if let Some(new) = &new {
+            self.join(new, id, &device_facts(after.created, device), None)
+                .await?;
+        }
+        Ok(())
     }
 
     /// The session data after `d`'s Set and Update, starting from `current` data (none
@@ -333,6 +498,21 @@ impl Gate {
         Err(GateError::Store(StoreError::Contention(
             "could not find an unused session ID",
         )))
+    }
+}
+
+/// The device facts of a session created at `created` by the request `seen` describes.
+fn device_facts(created: u64, seen: Option<&DeviceSeen>) -> NewDevice {
+    match seen {
+        Some(seen) => NewDevice::new(
+            created,
+            seen.user_agent
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default(),
+            seen.ip,
+        ),
+        None => NewDevice::new(created, "", std::net::Ipv4Addr::UNSPECIFIED.into()),
     }
 }
 

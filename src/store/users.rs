@@ -63,8 +63,9 @@ pub const LAST_SEEN_EVERY_SEC: u64 = 60;
 pub const USER_AGENT_CHARS: usize = 200;
 
 /// Domain separation: the handle is a hash of the ID under its own label, distinct from the
-/// Redis key hash and the sealing key (SPEC §14).
-const HANDLE_LABEL: &[u8] = b"sessiongate session handle v1\0";
+/// Redis key hash and the sealing key (SPEC §14). Short enough that label and ID fit one
+/// SHA-256 block: the token of every request carries the handle.
+const HANDLE_LABEL: &[u8] = b"sessiongate handle v1\0";
 
 /// An opaque per-session handle (the token's `handle` claim, the admin API's name for a
 /// session). A one-way hash of the session ID: knowing it, nobody can make the cookie.
@@ -87,15 +88,21 @@ impl Handle {
     pub fn as_bytes(&self) -> &[u8; HANDLE_BYTES] {
         &self.0
     }
+
+    /// The text form (base64url, [`HANDLE_TEXT_LEN`] characters) without allocating.
+    pub fn encode(&self) -> [u8; HANDLE_TEXT_LEN] {
+        let mut buf = [0u8; HANDLE_TEXT_LEN];
+        URL_SAFE_NO_PAD
+            .encode_slice(self.0, &mut buf)
+            .expect("16 bytes encode to 22 base64url characters");
+        buf
+    }
 }
 
 impl fmt::Display for Handle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut buf = [0u8; HANDLE_TEXT_LEN];
-        let n = URL_SAFE_NO_PAD
-            .encode_slice(self.0, &mut buf)
-            .map_err(|_| fmt::Error)?;
-        f.write_str(std::str::from_utf8(&buf[..n]).map_err(|_| fmt::Error)?)
+        let buf = self.encode();
+        f.write_str(std::str::from_utf8(&buf).map_err(|_| fmt::Error)?)
     }
 }
 
