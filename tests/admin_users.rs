@@ -491,3 +491,86 @@ async fn a_store_failure_is_503() {
     }
     gate.join().await;
 }
+
+/// End to end: sessions made by logins through the proxy are listed and revoked by the API.
+#[tokio::test]
+async fn sessions_logged_in_through_the_proxy_are_listed_and_revoked() {
+    trace_init();
+    let app = upstream(|req| match req.path.strip_prefix("/login/") {
+        Some(user) => Reply::ok().header("x-session-set", json!({ "userId": user }).to_string()),
+        None => Reply::ok(),
+    })
+    .await;
+    let gate = gate(app.addr)
+        .server("admin_listen = \"127.0.0.1:0\"")
+        .toml("[session]\nuser_field = \"userId\"")
+        .env("SESSION_ADMIN_TOKEN", TOKEN)
+        .run()
+        .await;
+    let login = async |user: &str, agent: &str| {
+        gate.get_with(&format!("/login/{user}"), &[("user-agent", agent)])
+            .await
+            .session_cookie()
+    };
+    let laptop = login("ada", "Laptop/1.0").await;
+    let phone = login("ada", "Phone/2.0").await;
+    let grace = login("grace", "Tablet/3.0").await;
+    // The handle the application sees for a cookie, or `None` without a session.
+    let handle_of = async |cookie: &str| {
+        gate.get_with("/whoami", &[("cookie", cookie)]).await;
+        app.last().header("x-session").map(|t| {
+            verify_token(t, UPSTREAM_SECRET)["handle"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+    };
+    let laptop_handle = handle_of(&laptop).await.expect("logged in");
+    let phone_handle = handle_of(&phone).await.expect("logged in");
+
+    let res = call(&gate, Method::GET, "/sessions?user=ada").await;
+    let body = json_of(&res);
+    let sessions = body["sessions"].as_array().unwrap();
+    let facts: Vec<(&str, &str, &str)> = sessions
+        .iter()
+        .map(|s| {
+            (
+                s["handle"].as_str().unwrap(),
+                s["user_agent"].as_str().unwrap(),
+                s["ip"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let mut expected = vec![
+        (laptop_handle.as_str(), "Laptop/1.0", "127.0.0.1"),
+        (phone_handle.as_str(), "Phone/2.0", "127.0.0.1"),
+    ];
+    // Both logged in within the same second: the list's order between them is the store's.
+    if facts.first().map(|f| f.0) != Some(laptop_handle.as_str()) {
+        expected.reverse();
+    }
+    assert_eq!(facts, expected);
+    for cookie in [&laptop, &phone, &grace] {
+        let value = cookie.strip_prefix("session=").unwrap();
+        let id = value.split('.').next().unwrap();
+        assert!(!res.text().contains(id), "a session ID in {}", res.text());
+    }
+
+    let res = call(&gate, Method::DELETE, &format!("/sessions/{laptop_handle}")).await;
+    assert_eq!(json_of(&res), json!({ "destroyed": 1 }));
+    assert_eq!(handle_of(&laptop).await, None, "the laptop is signed out");
+    assert_eq!(handle_of(&phone).await, Some(phone_handle));
+
+    let res = call(&gate, Method::DELETE, "/sessions?user=ada").await;
+    assert_eq!(json_of(&res), json!({ "destroyed": 1 }));
+    assert_eq!(handle_of(&phone).await, None, "the phone is signed out");
+    assert!(
+        handle_of(&grace).await.is_some(),
+        "another user's session stays"
+    );
+    let res = call(&gate, Method::GET, "/sessions?user=ada").await;
+    assert_eq!(json_of(&res)["sessions"], json!([]));
+    let (_, metrics) = gate.admin_get("/metrics").await;
+    assert_eq!(destroyed_by_revoke(&metrics), 2);
+    gate.join().await;
+}
