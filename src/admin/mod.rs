@@ -162,6 +162,7 @@ impl Admin {
             return not_allowed(allow);
         }
         if !token.admits(req.headers()) {
+            warn!(%method, "admin api call refused: missing or wrong bearer token");
             let mut res = no_store(text(
                 StatusCode::UNAUTHORIZED,
                 "missing or wrong bearer token\n",
