@@ -145,6 +145,10 @@ pub fn warnings(config: &Config, secrets: &Secrets) -> Vec<String> {
                 .to_owned(),
         );
     }
+    // Admin API (SPEC §13): the token alone serves nothing without the admin listener.
+    if secrets.admin_token.is_some() && config.server.admin_listen.is_none() {
+        w.push("SESSION_ADMIN_TOKEN is set but server.admin_listen is not: the admin API and operator page are off; set server.admin_listen".to_owned());
+    }
     // A required route the cookie is never sent to could only ever answer 401.
     let cookie_path = config.cookie.path.trim_end_matches('/');
     for r in config.routes.routes() {
@@ -368,6 +372,15 @@ pub fn describe(config: &Config, secrets: &Secrets) -> String {
             format!("set ({} bytes)", secrets.upstream.len())
         } else {
             "unset (SESSION_SECRET is used)".to_owned()
+        }
+    );
+    // Admin API (SPEC §13): whether the token is set, never its value.
+    let _ = writeln!(
+        out,
+        "SESSION_ADMIN_TOKEN = {}",
+        match &secrets.admin_token {
+            Some(t) => format!("set ({} bytes)", t.len()),
+            None => "unset (admin API off)".to_owned(),
         }
     );
     for warning in warnings(config, secrets) {

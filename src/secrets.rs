@@ -13,6 +13,8 @@ pub const SESSION_SECRET: &str = "SESSION_SECRET";
 pub const SESSION_SECRET_PREVIOUS: &str = "SESSION_SECRET_PREVIOUS";
 /// The variable holding the key that signs the upstream token.
 pub const SESSION_UPSTREAM_SECRET: &str = "SESSION_UPSTREAM_SECRET";
+/// The variable holding the admin API's bearer token (SPEC §13).
+pub const SESSION_ADMIN_TOKEN: &str = "SESSION_ADMIN_TOKEN";
 
 /// Reads environment variables.
 pub trait Env {
@@ -110,13 +112,16 @@ pub struct Secrets {
     pub upstream: Secret,
     /// False when `SESSION_UPSTREAM_SECRET` was unset and `SESSION_SECRET` is reused.
     pub upstream_is_separate: bool,
+    /// The admin API's bearer token; `None` (unset or empty) turns the API off.
+    pub admin_token: Option<Secret>,
 }
 
 impl Secrets {
     /// Reads and checks the secrets.
     ///
     /// # Errors
-    /// When `SESSION_SECRET` is missing, or any key is shorter than 32 bytes.
+    /// When `SESSION_SECRET` is missing, or any key (or `SESSION_ADMIN_TOKEN`) is shorter
+    /// than 32 bytes.
     pub fn from_env(env: &dyn Env) -> Result<Self, SecretError> {
         let session = required(env, SESSION_SECRET)?;
         let previous = match env.var(SESSION_SECRET_PREVIOUS) {
@@ -142,11 +147,16 @@ impl Secrets {
             Some(v) if !v.is_empty() => (checked(SESSION_UPSTREAM_SECRET, v)?, true),
             _ => (session.clone(), false),
         };
+        let admin_token = match env.var(SESSION_ADMIN_TOKEN) {
+            Some(v) if !v.is_empty() => Some(checked(SESSION_ADMIN_TOKEN, v)?),
+            _ => None,
+        };
         Ok(Self {
             session,
             previous,
             upstream,
             upstream_is_separate,
+            admin_token,
         })
     }
 }
@@ -230,6 +240,25 @@ mod tests {
         assert_eq!(s.upstream.expose(), GOOD.as_bytes());
         assert!(s.previous.is_empty());
         assert_eq!(format!("{:?}", s.session), "Secret(..)");
+    }
+
+    #[test]
+    fn the_admin_token_is_optional_but_never_short() {
+        let s =
+            Secrets::from_env(&env(&[(SESSION_SECRET, GOOD), (SESSION_ADMIN_TOKEN, "")])).unwrap();
+        assert!(s.admin_token.is_none());
+        let s = Secrets::from_env(&env(&[(SESSION_SECRET, GOOD), (SESSION_ADMIN_TOKEN, GOOD)]))
+            .unwrap();
+        assert_eq!(s.admin_token.map(|t| t.len()), Some(GOOD.len()));
+        let err = Secrets::from_env(&env(&[
+            (SESSION_SECRET, GOOD),
+            (SESSION_ADMIN_TOKEN, "0123456789"),
+        ]))
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "SESSION_ADMIN_TOKEN must be at least 32 bytes, got 10; generate one with `sessiongate gen-secret`"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ fn bin() -> Command {
     c.env_remove("SESSION_SECRET")
         .env_remove("SESSION_SECRET_PREVIOUS")
         .env_remove("SESSION_UPSTREAM_SECRET")
+        .env_remove("SESSION_ADMIN_TOKEN")
         .env("RUST_LOG", "warn");
     c
 }
@@ -368,5 +369,57 @@ fn check_warns_about_a_required_route_the_cookie_never_reaches() {
     eqnice!(
         "warning: route \"/admin\" requires a session, but cookie.path = \"/app\" does not cover it: browsers never send the cookie there",
         warnings.join("\n")
+    );
+}
+
+// --- Admin API (SPEC §13) ---
+
+#[test]
+fn check_says_whether_the_admin_token_is_set_never_its_value() {
+    const TOKEN: &str = "cli-admin-token-0123456789abcdefghij";
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.toml");
+    let out = bin()
+        .args(["check", "-c", config])
+        .env("SESSION_SECRET", SECRET)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("SESSION_ADMIN_TOKEN = unset (admin API off)\n"),
+        "{text}"
+    );
+
+    let out = bin()
+        .args(["check", "-c", config])
+        .env("SESSION_SECRET", SECRET)
+        .env("SESSION_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains(&format!(
+            "SESSION_ADMIN_TOKEN = set ({} bytes)\n",
+            TOKEN.len()
+        )),
+        "{text}"
+    );
+    assert!(!text.contains(TOKEN), "token printed");
+    // The shipped config has no admin listener, so the token would serve nothing.
+    assert!(
+        text.contains("warning: SESSION_ADMIN_TOKEN is set but server.admin_listen is not"),
+        "{text}"
+    );
+
+    let out = bin()
+        .args(["check", "-c", config])
+        .env("SESSION_SECRET", SECRET)
+        .env("SESSION_ADMIN_TOKEN", "short")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    eqnice!(
+        "SESSION_ADMIN_TOKEN must be at least 32 bytes, got 5; generate one with `sessiongate gen-secret`\n",
+        stderr(&out)
     );
 }

@@ -279,6 +279,8 @@ pub fn start_on(
             metrics,
             store,
             store_timeout: config.store.timeout,
+            token: secrets.admin_token.as_ref().map(admin::AdminToken::new),
+            upgrades: gate.upgrades().clone(),
         };
         tokio::spawn(admin::serve(listener, admin, stopped(rx.clone())));
         info!(%addr, "admin listening");

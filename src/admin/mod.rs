@@ -6,8 +6,19 @@
 //! | `GET /readyz` | `200 ready` when the store answers a ping within `store.timeout_ms`, else `503`; with `store.sentinel`, a second line names the master in use |
 //! | `GET /metrics` | Prometheus text format ([`crate::metrics`]) |
 //!
+//! With `SESSION_ADMIN_TOKEN` set, also (SPEC §13; without it these paths answer `404`):
+//!
+//! | path | answer |
+//! |---|---|
+//! | `GET /` (and `/page.js`, `/page.css`) | the operator page (`page.rs`) |
+//! | `GET`, `DELETE /sessions?user=U`; `DELETE /sessions/HANDLE` | the admin API (`sessions.rs`), with `Authorization: Bearer <token>` (`auth.rs`), else `401` |
+//!
 //! It is a separate listener: the proxy port forwards every path to the upstream and
 //! never answers these itself.
+
+mod auth;
+mod page;
+mod sessions;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -24,7 +35,10 @@ use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
 use crate::metrics::Metrics;
+use crate::proxy::Upgrades;
 use crate::store::{SessionStore, Store};
+
+pub use self::auth::AdminToken;
 
 /// What the admin endpoints need.
 #[derive(Debug, Clone)]
@@ -35,6 +49,10 @@ pub struct Admin {
     pub store: Store,
     /// How long `/readyz` waits for the store.
     pub store_timeout: Duration,
+    /// `SESSION_ADMIN_TOKEN`: with it, the admin API and the operator page are served.
+    pub token: Option<AdminToken>,
+    /// This proxy's upgraded connections, closed when the API ends their sessions.
+    pub upgrades: Upgrades,
 }
 
 /// Serves the admin endpoints on `listener` until `shutdown` completes.
@@ -76,8 +94,19 @@ pub async fn serve(
 
 impl Admin {
     async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        match req.uri().path() {
+            "/healthz" | "/readyz" | "/metrics" => self.operations(req).await,
+            _ => match &self.token {
+                Some(token) => self.users(token, req).await,
+                None => text(StatusCode::NOT_FOUND, "not found\n"),
+            },
+        }
+    }
+
+    /// `/healthz`, `/readyz` and `/metrics` (SPEC §9), never authenticated.
+    async fn operations(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            return not_allowed("GET, HEAD");
         }
         match req.uri().path() {
             "/healthz" => text(StatusCode::OK, "ok\n"),
@@ -106,6 +135,52 @@ impl Admin {
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
+
+    /// The operator page and the admin API (SPEC §13), served with `SESSION_ADMIN_TOKEN`.
+    async fn users(&self, token: &AdminToken, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let method = req.method();
+        let is_read = method == Method::GET || method == Method::HEAD;
+        let path = req.uri().path();
+        if let Some(res) = page::asset(path) {
+            return if is_read {
+                res
+            } else {
+                not_allowed("GET, HEAD")
+            };
+        }
+        let handle = match path {
+            "/sessions" => None,
+            _ => match path.strip_prefix("/sessions/") {
+                Some(handle) => Some(handle),
+                None => return text(StatusCode::NOT_FOUND, "not found\n"),
+            },
+        };
+        let allowed = match handle {
+            None if is_read || method == Method::DELETE => None,
+            None => Some(sessions::COLLECTION_METHODS),
+            Some(_) if method == Method::DELETE => None,
+            Some(_) => Some(sessions::MEMBER_METHODS),
+        };
+        if let Some(allow) = allowed {
+            return not_allowed(allow);
+        }
+        if !token.admits(req.headers()) {
+            warn!(%method, "admin api call refused: missing or wrong bearer token");
+            let mut res = no_store(text(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token\n",
+            ));
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"sessiongate admin\""),
+            );
+            return res;
+        }
+        match handle {
+            None => self.sessions(method, req.uri().query()).await,
+            Some(handle) => self.session(handle).await,
+        }
+    }
 }
 
 impl Admin {
@@ -120,6 +195,28 @@ impl Admin {
             None => format!("master {name} not found yet"),
         })
     }
+}
+
+/// `405` with the `Allow` list (RFC 9110 §15.5.6).
+fn not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
+    let mut res = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    res.headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+    res
+}
+
+/// Marks `res` as never to be stored by any cache, and never to be sniffed.
+fn no_store(mut res: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    let h = res.headers_mut();
+    h.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    res
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
