@@ -161,6 +161,20 @@ impl RedisStore {
     /// # Errors
     /// When a URL cannot be used (the message never contains a password).
     pub fn open(settings: &StoreSettings, namespace: &str) -> Result<Self, StoreError> {
+        Self::open_counting(settings, namespace, RedisReadMetrics::default())
+    }
+
+    /// As [`open`](Self::open), counting reads into `metrics` (cloned counters are shared):
+    /// another store with its own connection and local cache that `/metrics` shows as one
+    /// with the first, for one runtime of `server.runtime = "per-core"`.
+    ///
+    /// # Errors
+    /// As [`open`](Self::open).
+    pub fn open_counting(
+        settings: &StoreSettings,
+        namespace: &str,
+        metrics: RedisReadMetrics,
+    ) -> Result<Self, StoreError> {
         let timeout = settings.timeout;
         let urls: Vec<&str> = if !settings.sentinel.is_empty() {
             settings.sentinel.iter().map(String::as_str).collect()
@@ -205,7 +219,6 @@ impl RedisStore {
             Target::Cluster(client)
         };
         let shown = Self::describe(settings);
-        let metrics = RedisReadMetrics::default();
         let cache = reads::local_cache_for(settings, &target, namespace, &metrics)?;
         Ok(Self {
             inner: Arc::new(Inner {
