@@ -544,3 +544,37 @@ async fn sighup_reloads_the_certificate_of_every_runtime() {
     assert_eq!(proc.exit_code().await, 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Out of descriptors for the runtimes (their listeners fit, their event queues do not):
+/// start-up fails with one line naming the setting, and the runtimes already built are
+/// shut down without a panic.
+#[test]
+fn runtimes_that_cannot_start_are_one_line_and_no_panic() {
+    let dir = test_dir("nofile");
+    let config = dir.join("proxy.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\nupstream = \"http://127.0.0.1:9\"\nthreads = 60\nruntime = \"per-core\"\n[cookie]\nsecure = false\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 100 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_sessiongate"))
+        .arg("-c")
+        .arg(&config)
+        .env("SESSION_SECRET", SECRET)
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("cannot start runtime ")
+            && stderr.contains(" of 60 (server.threads with server.runtime = \"per-core\"): ")
+            && stderr.trim_end().ends_with("; lower server.threads"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -77,11 +77,9 @@ impl Cores<'_> {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
+                .map(|rt| Unstarted(Some(rt)))
                 .map_err(|cause| runtime_err(index, cause))?;
-            let listener = {
-                let _entered = runtime.enter();
-                TcpListener::from_std(listener).map_err(bind_err)?
-            };
+            let listener = runtime.register(listener).map_err(bind_err)?;
             ready.push((runtime, listener, gate, accepted));
         }
         let first = ready[0].2.clone();
@@ -98,7 +96,7 @@ impl Cores<'_> {
             );
             let thread = std::thread::Builder::new()
                 .name(format!("sessiongate-rt{index}"))
-                .spawn(move || runtime.block_on(serving))
+                .spawn(move || runtime.run(serving))
                 .map_err(|cause| runtime_err(index, cause))?;
             threads.push(thread);
         }
@@ -131,6 +129,34 @@ impl Cores<'_> {
                 })
             }
             other => Ok(other.clone()),
+        }
+    }
+}
+
+/// A runtime not yet running on its thread. Dropping a runtime waits for its tasks, which
+/// may not happen in the async context [`start_on`](super::start_on) is called from: when
+/// start-up fails before its thread runs it, it is shut down in the background instead.
+struct Unstarted(Option<tokio::runtime::Runtime>);
+
+impl Unstarted {
+    /// `listener`, registered with this runtime.
+    fn register(&self, listener: std::net::TcpListener) -> std::io::Result<TcpListener> {
+        let _entered = self.0.as_ref().map(tokio::runtime::Runtime::enter);
+        TcpListener::from_std(listener)
+    }
+
+    /// Runs `serving` to its end on the current thread, then drops the runtime there.
+    fn run(mut self, serving: impl Future<Output = ()>) {
+        if let Some(runtime) = self.0.take() {
+            runtime.block_on(serving);
+        }
+    }
+}
+
+impl Drop for Unstarted {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
         }
     }
 }
