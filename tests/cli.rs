@@ -374,7 +374,7 @@ fn check_warns_about_a_required_route_the_cookie_never_reaches() {
 #[test]
 fn check_prints_the_runtime_and_its_threads() {
     for (lines, want) in [
-        ("", "runtime = per-core\n"),
+        ("runtime = \"per-core\"\n", "runtime = per-core\n"),
         (
             "threads = 3\nruntime = \"work-stealing\"\n",
             "threads = 3\nruntime = work-stealing\n",

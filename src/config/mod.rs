@@ -300,7 +300,6 @@ mod tests {
         assert_eq!(c.forward.header.as_str(), "x-session");
         assert_eq!(c.forward.token_ttl_sec, 60);
         assert_eq!(c.log, LogFormat::Text);
-        assert_eq!(c.server.runtime, Runtime::PerCore);
     }
 
     #[test]

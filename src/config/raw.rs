@@ -104,7 +104,9 @@ impl Default for RawServer {
     }
 }
 
-/// `server.runtime`: how the `server.threads` serve (README, Threads and runtimes).
+/// `server.runtime`: how the `server.threads` serve (README, Threads and runtimes). The
+/// default is the variant marked `#[default]`; moving that line flips it (and the value
+/// shown in `proxy.toml` and the README with it).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Runtime {
