@@ -64,11 +64,13 @@ async fn upstream() -> SocketAddr {
     addr
 }
 
-/// The gate in front of `upstream`, with a memory store.
+/// The gate in front of `upstream`, with a memory store, served on the benchmark's own
+/// runtime (`"work-stealing"` serves on the caller's), so the client and the proxy share
+/// one thread as in the earlier figures.
 async fn gate(upstream: SocketAddr) -> Running {
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nupstream = \"http://{upstream}\"\n\
-         [cookie]\nsecure = false\n"
+         runtime = \"work-stealing\"\n[cookie]\nsecure = false\n"
     );
     let config = sessiongate::config::parse(Path::new("bench.toml"), &text).unwrap();
     let env: HashMap<String, String> = [

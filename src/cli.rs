@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{self, Config, RouteSession, StoreKind};
+use crate::config::{self, Config, RouteSession, Runtime, StoreKind};
 use crate::secrets::{Env, ProcessEnv, Secrets};
 use crate::store::RedisStore;
 use crate::{server, signals, telemetry};
@@ -67,7 +67,9 @@ fn load(path: &std::path::Path, env: &dyn Env) -> Result<(Config, Secrets), Stri
 fn serve(config: &Config, secrets: &Secrets) -> ExitCode {
     // Before anything opens a descriptor: every client connection needs one.
     let nofile = crate::fdlimit::raise();
-    let runtime = if config.server.threads == 1 {
+    // With a runtime per core the serving runtimes are the server's own threads; this one
+    // starts them and runs the signals and the admin listener.
+    let runtime = if config.server.threads == 1 || config.server.runtime == Runtime::PerCore {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -258,6 +260,7 @@ pub fn describe(config: &Config, secrets: &Secrets) -> String {
         s.upstream.scheme, s.upstream.authority
     );
     let _ = writeln!(out, "threads = {}", s.threads);
+    let _ = writeln!(out, "runtime = {}", s.runtime.as_str());
     let _ = writeln!(
         out,
         "admin_listen = {}",

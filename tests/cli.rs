@@ -423,3 +423,28 @@ fn check_says_whether_the_admin_token_is_set_never_its_value() {
         stderr(&out)
     );
 }
+
+#[test]
+fn check_prints_the_runtime_and_its_threads() {
+    for (lines, want) in [
+        ("runtime = \"per-core\"\n", "runtime = per-core\n"),
+        (
+            "threads = 3\nruntime = \"work-stealing\"\n",
+            "threads = 3\nruntime = work-stealing\n",
+        ),
+    ] {
+        let cfg = write(
+            &format!("runtime-{}.toml", lines.len()),
+            &format!("[server]\nupstream = \"http://127.0.0.1:3000\"\n{lines}"),
+        );
+        let out = bin()
+            .args(["check", "-c"])
+            .arg(&cfg)
+            .env("SESSION_SECRET", SECRET)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.contains(want), "{text}");
+    }
+}

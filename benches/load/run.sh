@@ -12,14 +12,20 @@
 # interleaved with this build's, and prints the CPU difference per request).
 # REDIS_LOCAL_CACHE=0 (N > 0 adds an S2 Redis row, sessiongate+redis-cache, with
 # store.local_cache = N, interleaved with the other Redis rows; the other rows are unchanged).
+# THREADS=1 (server.threads of every sessiongate) RUNTIME=per-core (server.runtime; several,
+# e.g. RUNTIME="per-core work-stealing": the first is the "sessiongate" rows', each other adds
+# rows "rt-<runtime>" in every scenario and an S2 Redis row "sessiongate+redis@<runtime>",
+# interleaved with the others, with the paired CPU difference to "sessiongate"; BASELINE_BIN
+# runs with its own default runtime). SERVER_CPU=0 LOAD_CPU=1 (taskset lists: with THREADS > 1,
+# e.g. SERVER_CPU=0,1 lets the threads run on two CPUs, sharing them with wrk).
 #
 # What runs, all on 127.0.0.1 and stopped on exit:
 # - upstream: nginx, one worker; `/` and `/login` (which answers `X-Session-Set:
 #   {"userId":1}`) return a 24-byte body.
 # - nginx-plain: nginx, one worker, proxy_pass with proxy_http_version 1.1, a keep-alive
 #   upstream pool, X-Forwarded-*, and access_log off.
-# - sessiongate: the release binary, threads = 1, memory store, RUST_LOG=warn, so it writes
-#   no access log either (the same choice as nginx-plain).
+# - sessiongate: the release binary, threads = THREADS (1), memory store, RUST_LOG=warn, so it
+#   writes no access log either (the same choice as nginx-plain).
 # - wrk -t1 -cCONNS --latency is pinned to CPU 1; every server is pinned to CPU 0.
 #
 # Scenarios: S1 anonymous GET /; S2 GET / with a valid session cookie (nginx-plain gets the
@@ -54,8 +60,15 @@ REDIS=${REDIS:-1}
 SCENARIOS=${SCENARIOS-S1 S2 S3}
 REDIS_LOCAL_CACHE=${REDIS_LOCAL_CACHE:-0}
 [[ "$REDIS_LOCAL_CACHE" =~ ^[0-9]+$ ]] || { echo "run.sh: REDIS_LOCAL_CACHE takes a number" >&2; exit 2; }
-SERVER_CPU=0
-LOAD_CPU=1
+THREADS=${THREADS:-1}
+[[ "$THREADS" =~ ^[0-9]+$ ]] || { echo "run.sh: THREADS takes a number" >&2; exit 2; }
+read -r -a RUNTIMES <<<"${RUNTIME:-per-core}"
+[ ${#RUNTIMES[@]} -gt 0 ] || { echo "run.sh: RUNTIME takes per-core and/or work-stealing" >&2; exit 2; }
+for r in "${RUNTIMES[@]}"; do
+    case $r in per-core | work-stealing) ;; *) echo "run.sh: RUNTIME takes per-core and/or work-stealing, not $r" >&2; exit 2 ;; esac
+done
+SERVER_CPU=${SERVER_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -131,10 +144,15 @@ start_nginx() { # start_nginx NAME TEMPLATE KEY=VALUE... ; sets NGINX_MASTER, NG
 SECRET=$("$BIN" gen-secret)
 UPSTREAM_SECRET=$("$BIN" gen-secret)
 
-start_gate() { # start_gate NAME PORT ADMIN_PORT STORE_LINES (\n between lines) [BINARY]; sets GATE_PID
-    local name=$1 port=$2 admin=$3 store=$4 bin=${5:-$BIN}
+# start_gate NAME PORT ADMIN_PORT STORE_LINES (\n between lines) [BINARY] [RUNTIME]; sets
+# GATE_PID. RUNTIME defaults to the first of $RUNTIME; "" leaves server.runtime unset (the
+# binary's default, for BASELINE_BIN, which may not know the key).
+start_gate() {
+    local name=$1 port=$2 admin=$3 store=$4 bin=${5:-$BIN} runtime=${6-${RUNTIMES[0]}} runtime_line=""
+    [ -n "$runtime" ] && runtime_line="runtime = \"$runtime\""
     render "$HERE/sessiongate.toml.in" "$TMP/$name.toml" "PORT=$port" \
-        "UPSTREAM_PORT=$UPSTREAM_PORT" "ADMIN_PORT=$admin" "STORE=$store"
+        "UPSTREAM_PORT=$UPSTREAM_PORT" "ADMIN_PORT=$admin" "STORE=$store" \
+        "THREADS=$THREADS" "RUNTIME_LINE=$runtime_line"
     RUST_LOG=warn SESSION_SECRET=$SECRET SESSION_UPSTREAM_SECRET=$UPSTREAM_SECRET \
         taskset -c "$SERVER_CPU" "$bin" -c "$TMP/$name.toml" >"$TMP/$name.log" 2>&1 &
     GATE_PID=$!
@@ -275,13 +293,14 @@ declare -A T_PID=([nginx-plain]=$PROXY_WORKER [sessiongate]=$GATE_MAIN)
 declare -A T_COOKIE=([nginx-plain]=$COOKIE [sessiongate]=$COOKIE)
 S2_EXTRA=()
 ALL_EXTRA=()
-add_target() { # add_target LIST NAME STORE_AND_ROUTE_LINES [BINARY]
+add_target() { # add_target LIST NAME STORE_AND_ROUTE_LINES [BINARY] [RUNTIME]
     local -n list=$1
     shift
     local port admin
     free_port port
     free_port admin
-    start_gate "gate-$1" "$port" "$admin" "$2" "${3:-$BIN}" || die "sessiongate ($1) did not start"
+    start_gate "gate-$1" "$port" "$admin" "$2" "${3:-$BIN}" "${4-${RUNTIMES[0]}}" ||
+        die "sessiongate ($1) did not start"
     T_PORT[$1]=$port
     T_PID[$1]=$GATE_PID
     T_COOKIE[$1]=$(login_cookie "$port")
@@ -293,12 +312,19 @@ if [[ " $SCENARIOS " == *" S2 "* ]]; then
     add_target S2_EXTRA sg-users 'kind = "memory"\n\n[session]\nuser_field = "userId"'
 fi
 if [ -n "$SCENARIOS" ] && [ -n "${BASELINE_BIN:-}" ]; then
-    add_target ALL_EXTRA baseline 'kind = "memory"' "$BASELINE_BIN"
+    add_target ALL_EXTRA baseline 'kind = "memory"' "$BASELINE_BIN" ""
+fi
+# RUNTIME's other values: this build with that server.runtime, in every scenario.
+if [ -n "$SCENARIOS" ]; then
+    for r in "${RUNTIMES[@]:1}"; do
+        add_target ALL_EXTRA "rt-$r" 'kind = "memory"' "$BIN" "$r"
+    done
 fi
 
 log "machine: $(nproc) CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
 log "upstream :$UPSTREAM_PORT  nginx-plain :$PROXY_PORT  sessiongate :$GATE_PORT (pid $GATE_MAIN)"
 log "rounds $ROUNDS x ${DURATION}s, wrk -t1 -c$CONNS, servers on CPU $SERVER_CPU, wrk on CPU $LOAD_CPU"
+log "sessiongate: threads = $THREADS, runtime = ${RUNTIMES[0]}${RUNTIMES[1]:+ (and ${RUNTIMES[*]:1})}"
 
 for t in "$PROXY_PORT" "$GATE_PORT"; do
     warm "$t" / ""
@@ -352,18 +378,20 @@ else
     # "sessiongate+redis" is $BIN; with BASELINE_BIN set, "baseline+redis" is that binary
     # (e.g. an older commit's release build), so a change's cost is measured in one run;
     # with REDIS_LOCAL_CACHE=N, "sessiongate+redis-cache" is $BIN with store.local_cache = N.
-    variants=("sessiongate+redis|$BIN|sg|")
-    [ -n "${BASELINE_BIN:-}" ] && variants+=("baseline+redis|$BASELINE_BIN|base|")
+    # With more than one RUNTIME, "sessiongate+redis@<runtime>" is $BIN with each other one.
+    variants=("sessiongate+redis|$BIN|sg||${RUNTIMES[0]}")
+    [ -n "${BASELINE_BIN:-}" ] && variants+=("baseline+redis|$BASELINE_BIN|base||")
     [ "$REDIS_LOCAL_CACHE" -gt 0 ] &&
-        variants+=("sessiongate+redis-cache|$BIN|cache|\\nlocal_cache = $REDIS_LOCAL_CACHE")
+        variants+=("sessiongate+redis-cache|$BIN|cache|\\nlocal_cache = $REDIS_LOCAL_CACHE|${RUNTIMES[0]}")
+    for r in "${RUNTIMES[@]:1}"; do variants+=("sessiongate+redis@$r|$BIN|rt-$r||$r"); done
     running=()
     for v in "${variants[@]}"; do
-        IFS='|' read -r vname vbin vns vextra <<<"$v"
+        IFS='|' read -r vname vbin vns vextra vruntime <<<"$v"
         [ -x "$vbin" ] || die "no binary at $vbin"
         free_port VPORT
         free_port VADMIN
         if start_gate "gate-$vns" "$VPORT" "$VADMIN" \
-            "kind = \"redis\"\\nurl = \"redis://127.0.0.1:$REDIS_PORT\"\\nrequire_on_start = true$vextra" "$vbin"; then
+            "kind = \"redis\"\\nurl = \"redis://127.0.0.1:$REDIS_PORT\"\\nrequire_on_start = true$vextra" "$vbin" "$vruntime"; then
             vpid=$GATE_PID
             if vcookie=$(try_cookie "$VPORT" /login); then
                 warm "$VPORT" / "$vcookie"
@@ -436,6 +464,7 @@ REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml 2>/dev/null || REV="$REV+local changes"
 echo "sessiongate load benchmark, $(date -u +%Y-%m-%d), commit $REV, $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)),"
 echo "median of $ROUNDS rounds x ${DURATION}s, wrk -t1 -c$CONNS on CPU $LOAD_CPU, servers on CPU $SERVER_CPU, no access logs."
+echo "sessiongate threads = $THREADS, runtime = ${RUNTIMES[0]}; rt-<runtime> rows: the same build with that server.runtime."
 echo "CPU us/req is the proxy process only, 'user' its user-space part (the rest is the kernel's)."
 echo "'vs nginx' = sessiongate / nginx-plain (req/s, p99, CPU)."
 echo
@@ -506,6 +535,12 @@ for s in S1 S2 S3; do
     paired "$s" "$s CPU/req, this build - baseline" sessiongate baseline
 done
 paired S2 "S2 redis CPU/req, this build - baseline" sessiongate+redis baseline+redis
+for r in "${RUNTIMES[@]:1}"; do
+    for s in S1 S2 S3; do
+        paired "$s" "$s CPU/req, $r - ${RUNTIMES[0]}" "rt-$r" sessiongate
+    done
+    paired S2 "S2 redis CPU/req, $r - ${RUNTIMES[0]}" "sessiongate+redis@$r" sessiongate+redis
+done
 if [ -n "${rss2:-}" ]; then
     check "VmRSS MB with $n2 sessions" "$(awk -v k="$rss2" 'BEGIN {printf "%.0f", k / 1024}')" "<=" 400
     check "S2 p99 with $n2 vs $n1 sessions" "$(ratio S2 "sg-${n2}-sessions" "sg-${n1}-sessions" 6)" "<=" 1.1

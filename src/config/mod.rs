@@ -20,6 +20,7 @@ use std::time::Duration;
 use http::HeaderName;
 
 pub use self::raw::RawCsrf;
+pub use self::raw::Runtime;
 pub use self::raw::{
     LogFormat, OnError, RawConfig, RawCookie, RawForward, RawLog, RawRoute, RawServer, RawSession,
     RawStore, RawTls, RouteSession, SameSite, StoreKind,
@@ -116,6 +117,8 @@ pub struct ServerSettings {
     pub case_insensitive_paths: bool,
     /// Connections, keep-alive and HTTP/2 limits.
     pub conn: ConnSettings,
+    /// How the threads serve: a runtime per core, or one work-stealing runtime.
+    pub runtime: Runtime,
 }
 
 /// Validated connection limits of `[server]` (README, Scale and limits).
@@ -339,5 +342,26 @@ mod tests {
         );
         let err = parse_str("[server\n").unwrap_err();
         assert!(err.starts_with("proxy.toml:1:"), "{err}");
+    }
+
+    #[test]
+    fn server_runtime_takes_its_two_values() {
+        let with =
+            |v: &str| parse_str(&MIN.replace("[server]\n", &format!("[server]\nruntime = {v}\n")));
+        assert_eq!(
+            with("\"per-core\"").unwrap().server.runtime,
+            Runtime::PerCore
+        );
+        assert_eq!(
+            with("\"work-stealing\"").unwrap().server.runtime,
+            Runtime::WorkStealing
+        );
+        let err = with("\"threads\"").unwrap_err();
+        assert!(
+            err.starts_with(
+                "proxy.toml:2:11: unknown variant `threads`, expected `per-core` or `work-stealing`"
+            ),
+            "{err}"
+        );
     }
 }

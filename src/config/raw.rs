@@ -71,6 +71,9 @@ pub struct RawServer {
     pub h2_max_local_error_reset_streams: usize,
     /// HTTP/2: response bytes buffered per stream while the client does not read.
     pub h2_max_send_buf_bytes: usize,
+    // --- Runtime (README, Threads and runtimes) ---
+    /// How the `threads` are used: one runtime per core, or one work-stealing runtime.
+    pub runtime: Runtime,
 }
 
 impl Default for RawServer {
@@ -96,6 +99,31 @@ impl Default for RawServer {
             h2_max_pending_accept_reset_streams: 20,
             h2_max_local_error_reset_streams: 1024,
             h2_max_send_buf_bytes: 65_536,
+            runtime: Runtime::default(),
+        }
+    }
+}
+
+/// `server.runtime`: how the `server.threads` serve (README, Threads and runtimes). The
+/// default is the variant marked `#[default]`; moving that line flips it (and the value
+/// shown in `proxy.toml` and the README with it).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Runtime {
+    /// One current-thread runtime per thread, each with its own listener (`SO_REUSEPORT`),
+    /// upstream connections and Redis connection.
+    #[default]
+    PerCore,
+    /// One multi-thread runtime whose threads take work from each other, one listener.
+    WorkStealing,
+}
+
+impl Runtime {
+    /// The value as written in `proxy.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::PerCore => "per-core",
+            Runtime::WorkStealing => "work-stealing",
         }
     }
 }

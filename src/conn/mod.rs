@@ -44,7 +44,33 @@ pub struct KeepAlive {
     pub max_requests: u64,
 }
 
-/// The client connections of one listener: the ceiling, the gauge, the shutdown signal.
+/// The ceiling `server.max_connections`: room for at most that many open connections,
+/// shared by every listener of the process (with `server.runtime = "per-core"`, one per
+/// runtime), so it holds for the process as a whole. Cloning shares it.
+#[derive(Debug, Clone)]
+pub struct Ceiling {
+    permits: Arc<Semaphore>,
+    max: usize,
+}
+
+impl Ceiling {
+    /// At most `max` open connections (at least 1).
+    pub fn new(max: usize) -> Self {
+        let max = max.clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+
+    /// The number of connections it allows.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+}
+
+/// The client connections of one listener: its share of the ceiling, the gauge, the
+/// shutdown signal.
 #[derive(Debug)]
 pub struct Connections {
     permits: Arc<Semaphore>,
@@ -53,10 +79,10 @@ pub struct Connections {
 }
 
 impl Connections {
-    /// At most `max` open connections (at least 1), counted in `open`.
-    pub fn new(max: usize, open: Gauge) -> Self {
+    /// Open connections under `ceiling` (which other listeners may share), counted in `open`.
+    pub fn new(ceiling: &Ceiling, open: Gauge) -> Self {
         Self {
-            permits: Arc::new(Semaphore::new(max.clamp(1, Semaphore::MAX_PERMITS))),
+            permits: ceiling.permits.clone(),
             open,
             shutdown: watch::channel(false).0,
         }

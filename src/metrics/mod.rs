@@ -14,11 +14,14 @@ use prometheus_client::registry::Registry;
 use crate::telemetry::Outcome;
 
 mod redis_reads;
+// Threads and runtimes: connections accepted per runtime.
+mod runtimes;
 
 pub use self::redis_reads::{
     CacheResult, LOCAL_CACHE_FLUSHES, LOCAL_CACHE_INVALIDATIONS, LOCAL_CACHE_LOOKUPS,
     RedisReadMetrics, SESSION_TOUCHES,
 };
+pub use self::runtimes::RUNTIME_ACCEPTED;
 
 /// `sessiongate_requests_total{status}`.
 pub const REQUESTS: &str = "sessiongate_requests";

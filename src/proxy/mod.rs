@@ -312,6 +312,14 @@ impl Gate {
         &self.metrics
     }
 
+    /// This gate registers its upgraded connections in `upgrades`, shared with other gates
+    /// of the process (one per runtime) and the admin API, so that ending a session closes
+    /// its connections whichever runtime holds them.
+    pub fn sharing_upgrades(mut self, upgrades: Upgrades) -> Self {
+        self.upgrades = upgrades;
+        self
+    }
+
     /// The upgraded connections open through this gate: [`Upgrades::ended`] closes those of
     /// sessions ended elsewhere than the request path (revocations, the admin API).
     pub fn upgrades(&self) -> &Upgrades {

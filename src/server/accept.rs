@@ -14,40 +14,60 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::conn::{ConnState, Connections, KeepAlive, TicketBody, Tracked, drive};
+use crate::conn::{Ceiling, ConnState, Connections, KeepAlive, TicketBody, Tracked, drive};
 use crate::proxy::{Gate, Peer};
 use crate::tls::Reloadable;
 
 use super::{LAME_DUCK, Limits};
 
 /// Accepts connections until `shutdown` completes, then drains them within the grace.
+/// Each accepted connection counts in `accepted`.
 ///
-/// At most [`Limits::max_connections`] are open at once: past it the loop waits for one
-/// to close before it accepts again, and the kernel's listen backlog holds new ones.
+/// At most [`Ceiling::max`] are served at once, on this listener and every other that
+/// shares `ceiling`. Past it the loop holds the connection it has just accepted, unserved,
+/// until one closes, and accepts no other meanwhile: the kernel's listen backlog holds new
+/// ones. (It takes room only for a connection it has: a listener with none to accept never
+/// holds room that connections waiting at another listener sharing the ceiling need.)
 pub async fn serve(
     listener: TcpListener,
     gate: Arc<Gate>,
     tls: Option<Arc<Reloadable>>,
     limits: Limits,
+    ceiling: Ceiling,
+    accepted: Counter,
     shutdown: impl Future<Output = ()>,
 ) {
     // Shared, so a connection's task holds pointers, not copies.
     let builder = Arc::new(builder(&limits));
     let http1 = Arc::new(http1_builder(&limits));
     let rules = limits.keep_alive();
-    let max_connections = limits.max_connections();
-    let connections =
-        Connections::new(max_connections, gate.metrics().client_connections().clone());
-    info!(max_connections, "client connection ceiling");
+    let max_connections = ceiling.max();
+    let connections = Connections::new(&ceiling, gate.metrics().client_connections().clone());
     let mut backoff = AcceptBackoff::default();
     let mut ceiling_logged: Option<tokio::time::Instant> = None;
     tokio::pin!(shutdown);
 
     loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            pair = listener.accept() => match pair {
+                Ok(pair) => {
+                    backoff.reset();
+                    pair
+                }
+                Err(e) => {
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = backoff.wait(&e) => continue,
+                    }
+                }
+            },
+        };
         let room = match connections.try_reserve() {
             Some(room) => room,
             None => {
@@ -65,22 +85,7 @@ pub async fn serve(
                 }
             }
         };
-        let (stream, peer) = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => {
-                    backoff.reset();
-                    pair
-                }
-                Err(e) => {
-                    drop(room);
-                    tokio::select! {
-                        () = &mut shutdown => break,
-                        () = backoff.wait(&e) => continue,
-                    }
-                }
-            },
-        };
+        accepted.inc();
         let _ = stream.set_nodelay(true);
         let state = ConnState::new(&rules);
         let slot = connections.admit(room);

@@ -4,6 +4,10 @@
 //!
 //! [`start`] binds before it returns, so callers (and tests) know the address at once and
 //! never wait for the server to come up.
+//!
+//! With `server.runtime = "work-stealing"` the accept loop runs on the caller's runtime;
+//! with `"per-core"`, `server.threads` current-thread runtimes each run their own on a
+//! thread of their own (`server/cores.rs`), and the admin listener stays on the caller's.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,16 +19,17 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::admin::{self, Admin};
-use crate::config::{Config, ConnSettings, StoreKind};
-use crate::conn::KeepAlive;
+use crate::config::{Config, ConnSettings, Runtime, StoreKind};
+use crate::conn::{Ceiling, KeepAlive};
 use crate::fdlimit;
 use crate::metrics::{DestroyReason, Metrics};
-use crate::proxy::Gate;
+use crate::proxy::{Gate, Upgrades};
 use crate::secrets::Secrets;
 use crate::store::{MemoryStore, RedisStore, SessionStore, Store, StoreError};
 use crate::tls::{Reloadable, TlsError};
 
 mod accept;
+mod cores;
 
 pub use self::accept::serve;
 
@@ -41,7 +46,7 @@ pub struct Limits {
     /// How long in-flight requests may take to finish after a shutdown signal.
     pub shutdown_grace: Duration,
     /// Connections, keep-alive and HTTP/2 limits; `max_connections = 0` is resolved by
-    /// [`serve`] from the descriptor limit.
+    /// [`start_on`] from the descriptor limit.
     pub conn: ConnSettings,
 }
 
@@ -103,6 +108,18 @@ pub enum StartError {
     /// A `[server.tls]` or `server.upstream_ca` file cannot be used.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// A runtime of `server.runtime = "per-core"`, or its thread, could not be started.
+    #[error(
+        "cannot start runtime {index} of {count} (server.threads with server.runtime = \"per-core\"): {cause}; lower server.threads"
+    )]
+    Runtime {
+        /// Which runtime, from 0.
+        index: usize,
+        /// How many were asked for.
+        count: usize,
+        /// Why; shown in the message, so it is not also the error's `source`.
+        cause: std::io::Error,
+    },
     /// `store.require_on_start = true` and the store did not answer.
     #[error(
         "{key} = {target} is unreachable: {cause}; start Redis or fix {key}, or set store.require_on_start = false to start without it"
@@ -125,15 +142,32 @@ pub struct Running {
     /// The admin listener's address, when one is configured.
     pub admin_addr: Option<SocketAddr>,
     gate: Arc<Gate>,
+    store: Store,
     tls: Option<Arc<Reloadable>>,
     shutdown: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    workers: Workers,
+}
+
+/// What serves the listener(s): a task on the caller's runtime, or the per-core threads.
+#[derive(Debug)]
+enum Workers {
+    Task(JoinHandle<()>),
+    Threads(Vec<std::thread::JoinHandle<()>>),
 }
 
 impl Running {
-    /// The gate, for inspecting its store in tests.
+    /// The gate (with `server.runtime = "per-core"`, the first runtime's; every runtime
+    /// has its own, sharing the metrics).
     pub fn gate(&self) -> &Arc<Gate> {
         &self.gate
+    }
+
+    /// The store the proxy was started with, which the admin listener uses. With
+    /// `server.runtime = "per-core"` and `store.url` or `store.cluster`, each runtime has
+    /// its own connection to the same Redis; any other store is this one, shared by every
+    /// runtime.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// The serving certificate when serving HTTPS, to reload it (SIGHUP).
@@ -144,13 +178,27 @@ impl Running {
     /// Stops accepting, lets in-flight requests finish (within the grace), and waits.
     ///
     /// # Panics
-    /// Re-raises a panic from the server task, so tests see it.
+    /// Re-raises a panic from the server task (or a runtime's thread), so tests see it.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        if let Err(e) = self.task.await
-            && e.is_panic()
-        {
-            std::panic::resume_unwind(e.into_panic());
+        match self.workers {
+            Workers::Task(task) => {
+                if let Err(e) = task.await
+                    && e.is_panic()
+                {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+            }
+            Workers::Threads(threads) => {
+                for thread in threads {
+                    match tokio::task::spawn_blocking(move || thread.join()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+                        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                        Err(_) => {}
+                    }
+                }
+            }
         }
     }
 }
@@ -236,10 +284,18 @@ pub async fn start(config: &Config, secrets: &Secrets) -> Result<Running, StartE
     start_on(listener, admin, config, secrets, store)
 }
 
-/// Serves on already bound listeners with `store`, in background tasks.
+/// Completes when [`Running::shutdown`] is called or the [`Running`] is dropped.
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Serves on already bound listeners with `store`, in background tasks. With
+/// `server.runtime = "per-core"`, `listener` is the first runtime's and the others bind its
+/// address too (`SO_REUSEPORT`), so it must have been bound by [`bind`].
 ///
 /// # Errors
-/// When a TLS file named in the config cannot be loaded.
+/// When a TLS file named in the config cannot be loaded, or with `"per-core"` when a
+/// runtime, its listener or its Redis store cannot be set up.
 pub fn start_on(
     listener: TcpListener,
     admin: Option<TcpListener>,
@@ -261,52 +317,86 @@ pub fn start_on(
         )),
         redis => redis,
     };
+    let runtimes = match config.server.runtime {
+        Runtime::PerCore => config.server.threads.max(1),
+        Runtime::WorkStealing => 1,
+    };
+    let accepted = metrics.register_runtimes(runtimes);
     let metrics = Arc::new(metrics);
-    let gate = Arc::new(Gate::new(config, secrets, store.clone(), metrics.clone())?);
     let tls = match &config.server.tls {
         Some(files) => Some(Arc::new(Reloadable::new(files.clone())?)),
         None => None,
     };
     let (tx, rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
+    // One registry of upgraded connections for every runtime's gate and the admin API.
+    let upgrades = Upgrades::new();
     let admin_addr = admin.map(|listener| {
         let addr = listener
             .local_addr()
             .expect("a bound listener has an address");
         let admin = Admin {
-            metrics,
-            store,
+            metrics: metrics.clone(),
+            store: store.clone(),
             store_timeout: config.store.timeout,
             token: secrets.admin_token.as_ref().map(admin::AdminToken::new),
-            upgrades: gate.upgrades().clone(),
+            upgrades: upgrades.clone(),
         };
         tokio::spawn(admin::serve(listener, admin, stopped(rx.clone())));
         info!(%addr, "admin listening");
         addr
     });
     let limits = Limits::from_config(config);
-    let task = tokio::spawn(serve(
-        listener,
-        gate.clone(),
-        tls.clone(),
-        limits,
-        stopped(rx),
-    ));
+    // One ceiling for the process, however many listeners take from it.
+    let ceiling = Ceiling::new(limits.max_connections());
+    info!(max_connections = ceiling.max(), "client connection ceiling");
+    let (gate, workers) = match config.server.runtime {
+        Runtime::WorkStealing => {
+            let gate = Arc::new(
+                Gate::new(config, secrets, store.clone(), metrics)?.sharing_upgrades(upgrades),
+            );
+            let accepted = accepted.into_iter().next().unwrap_or_default();
+            let task = tokio::spawn(serve(
+                listener,
+                gate.clone(),
+                tls.clone(),
+                limits,
+                ceiling,
+                accepted,
+                stopped(rx),
+            ));
+            (gate, Workers::Task(task))
+        }
+        Runtime::PerCore => {
+            let cores = cores::Cores {
+                config,
+                secrets,
+                store: &store,
+                metrics: &metrics,
+                tls: &tls,
+                limits,
+                ceiling,
+                upgrades: &upgrades,
+            };
+            let (gate, threads) = cores.spawn(listener, accepted, &rx)?;
+            (gate, Workers::Threads(threads))
+        }
+    };
     info!(
         %addr,
         https = tls.is_some(),
         upstream = %config.server.upstream.authority,
+        runtime = config.server.runtime.as_str(),
+        threads = config.server.threads,
         "sessiongate listening"
     );
     Ok(Running {
         addr,
         admin_addr,
         gate,
+        store,
         tls,
         shutdown: tx,
-        task,
+        workers,
     })
 }
 
@@ -333,6 +423,14 @@ mod tests {
                     key: "store.url",
                     target: "redis://127.0.0.1:6379".into(),
                     cause: timeout(),
+                },
+            ),
+            (
+                std::io::Error::from(std::io::ErrorKind::OutOfMemory).to_string(),
+                StartError::Runtime {
+                    index: 1,
+                    count: 2,
+                    cause: std::io::Error::from(std::io::ErrorKind::OutOfMemory),
                 },
             ),
             (

@@ -160,7 +160,7 @@ impl Gate {
     }
 
     pub fn store(&self) -> &Store {
-        self.running.gate().store()
+        self.running.store()
     }
 
     /// `GET path` on the admin listener: (status, body).

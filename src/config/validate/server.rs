@@ -117,6 +117,7 @@ impl Validator<'_> {
             upstream_ca,
             case_insensitive_paths: server.case_insensitive_paths,
             conn: self.conn(&server)?,
+            runtime: server.runtime,
         })
     }
 

@@ -171,7 +171,7 @@ impl RedisStore {
     /// # Errors
     /// When a URL cannot be used (the message never contains a password).
     pub fn open(settings: &StoreSettings, namespace: &str) -> Result<Self, StoreError> {
-        Self::open_with(settings, namespace, None)
+        Self::open_with(settings, namespace, None, RedisReadMetrics::default())
     }
 
     /// [`open`](Self::open), keeping the per-user index (SPEC §13) of the sessions whose
@@ -187,13 +187,34 @@ impl RedisStore {
         ttl: Duration,
     ) -> Result<Self, StoreError> {
         let users = users::Indexing::new(user_field, ttl);
-        Self::open_with(settings, namespace, Some(users))
+        Self::open_with(
+            settings,
+            namespace,
+            Some(users),
+            RedisReadMetrics::default(),
+        )
+    }
+
+    /// Another store like this one (namespace, user index), with its own connection and
+    /// local cache, counting reads into the same metrics, so that `/metrics` shows both as
+    /// one: for one runtime of `server.runtime = "per-core"`.
+    ///
+    /// # Errors
+    /// As [`open`](Self::open).
+    pub fn open_like(&self, settings: &StoreSettings) -> Result<Self, StoreError> {
+        Self::open_with(
+            settings,
+            &self.inner.namespace,
+            self.inner.users.clone(),
+            self.read_metrics().clone(),
+        )
     }
 
     fn open_with(
         settings: &StoreSettings,
         namespace: &str,
         users: Option<users::Indexing>,
+        metrics: RedisReadMetrics,
     ) -> Result<Self, StoreError> {
         let timeout = settings.timeout;
         let urls: Vec<&str> = if !settings.sentinel.is_empty() {
@@ -239,7 +260,6 @@ impl RedisStore {
             Target::Cluster(client)
         };
         let shown = Self::describe(settings);
-        let metrics = RedisReadMetrics::default();
         let cache = reads::local_cache_for(settings, &target, namespace, &metrics)?;
         let mut touch_interval = settings.touch_interval.as_secs();
         if users.is_some() {

@@ -233,6 +233,7 @@ return 0
 ";
 
 /// What a store that keeps the index needs (`session.user_field` set).
+#[derive(Clone)]
 pub(super) struct Indexing {
     /// `session.user_field`.
     field: Box<str>,
