@@ -17,6 +17,7 @@
 //! Bodies are streamed both ways; upgrades are bridged once the upstream answers 101.
 
 pub mod csrf;
+mod dbsc;
 mod request;
 mod response;
 mod route;
@@ -175,6 +176,8 @@ pub struct Gate {
     csrf: Option<csrf::CsrfPolicy>,
     /// `csrf.report_only`: forward what the policy refuses, logged and counted.
     csrf_report_only: bool,
+    /// `[dbsc]` when enabled (SPEC §16).
+    dbsc: Option<crate::dbsc::Dbsc>,
 }
 
 impl std::fmt::Debug for Gate {
@@ -282,6 +285,14 @@ impl Gate {
                 trusted_origins: config.csrf.trusted_origins.clone(),
             }),
             csrf_report_only: config.csrf.report_only,
+            dbsc: config.dbsc.enabled.then(|| {
+                crate::dbsc::Dbsc::new(
+                    &secrets.session,
+                    &config.session.cookie_name,
+                    &config.cookie,
+                    config.dbsc.bound_cookie_sec,
+                )
+            }),
         })
     }
 
@@ -380,6 +391,14 @@ impl Gate {
         let (mut parts, body) = req.into_parts();
         self.sanitize(&mut parts.headers);
         let target = self.target(&parts)?;
+        // SPEC §16: the DBSC endpoints are the proxy's own, before any route applies.
+        if let Some(dbsc) = &self.dbsc
+            && target.uri.path().starts_with(crate::dbsc::PREFIX)
+        {
+            return self
+                .dbsc_endpoint(ctx, dbsc, &mut parts, target.uri.path())
+                .await;
+        }
         let route = &self.routes.routes()[target.route];
         ctx.session_off = route.session == RouteSession::Off;
         ctx.upstream = self.route_upstream[target.route];
@@ -392,6 +411,7 @@ impl Gate {
             return Ok(refused);
         }
         self.on_request(ctx, &mut parts.headers).await?;
+        self.dbsc_check(ctx, &mut parts.headers);
         if let Some(denied) = self.gatekeep(ctx, route, &parts, &target.uri) {
             return Ok(denied);
         }

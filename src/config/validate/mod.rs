@@ -2,6 +2,7 @@
 //! the dotted key and points at its value in the file when the value is there.
 
 mod csrf;
+mod dbsc;
 mod forward;
 mod routes;
 mod server;
@@ -116,6 +117,7 @@ impl Validator<'_> {
             forward,
             log,
             csrf,
+            dbsc,
             route,
         } = raw;
         let https_routes = route.iter().any(|r| r.upstream.starts_with("https:"));
@@ -131,6 +133,7 @@ impl Validator<'_> {
         }
         let forward = self.forward(forward)?;
         let csrf = self.csrf(csrf)?;
+        let dbsc = self.dbsc(dbsc)?;
         let routes = self.routes(route, &server)?;
         Ok(Config {
             path: self.path.to_owned(),
@@ -141,6 +144,7 @@ impl Validator<'_> {
             forward,
             log: log.format,
             csrf,
+            dbsc,
             routes,
         })
     }
