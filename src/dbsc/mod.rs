@@ -257,7 +257,10 @@ impl Dbsc {
     }
 
     /// True when `value` is a bound cookie of session `id` that has not expired at `now`.
-    /// The tag is compared in constant time.
+    /// The tag is compared in constant time. The expiry is in whole seconds from a clock
+    /// read in whole seconds, so the cookie is accepted to the end of its last second: never
+    /// refused while the browser, which counts `Max-Age` from the exact time it got the
+    /// cookie, still sends it (it would then see no reason to refresh it).
     pub fn bound_cookie_valid(&self, id: &SessionId, value: &[u8], now: u64) -> bool {
         let mut raw = [0u8; BOUND_BYTES + 1];
         if value.len() != BOUND_TEXT_LEN
@@ -269,7 +272,7 @@ impl Dbsc {
         self.bound_tag(id, &raw[..8])
             .verify_truncated_left(&raw[8..BOUND_BYTES])
             .is_ok()
-            && now < expiry
+            && now <= expiry
     }
 
     /// The session configuration JSON (the draft's "session instructions") for session `id`.
@@ -418,8 +421,8 @@ mod tests {
         assert!(set.starts_with("session_bound="), "{set}");
         assert!(set.contains("Max-Age=600"), "{set}");
         let value = set["session_bound=".len()..].split(';').next().unwrap();
-        assert!(d.bound_cookie_valid(&id, value.as_bytes(), 1_599));
-        assert!(!d.bound_cookie_valid(&id, value.as_bytes(), 1_600));
+        assert!(d.bound_cookie_valid(&id, value.as_bytes(), 1_600));
+        assert!(!d.bound_cookie_valid(&id, value.as_bytes(), 1_601));
         assert!(!d.bound_cookie_valid(&other, value.as_bytes(), 1_001));
         let mut tampered = value.as_bytes().to_vec();
         tampered[20] = if tampered[20] == b'A' { b'B' } else { b'A' };
