@@ -411,9 +411,33 @@ async fn without_dbsc_nothing_is_offered_and_the_paths_are_forwarded() {
     assert_eq!(up.last().path, REFRESH);
 }
 
+/// Awaits `futures`, polled together (requests in flight at once); their statuses in order.
+async fn statuses<F: Future<Output = Res>>(futures: impl IntoIterator<Item = F>) -> Vec<u16> {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut statuses: Vec<Option<u16>> = vec![None; futures.len()];
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, status) in futures.iter_mut().zip(statuses.iter_mut()) {
+            if status.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(res) => *status = Some(res.status),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    statuses.into_iter().map(Option::unwrap).collect()
+}
+
 /// Two proxies sharing one Redis: the binding is stored sealed (format 4), either proxy
 /// checks the other's bound cookie and challenges, and a challenge answered on one proxy
-/// is refused on the other.
+/// is refused on the other, also when one proof races itself on both.
 #[tokio::test]
 async fn on_redis_the_binding_is_sealed_and_shared_between_proxies() {
     let Some(redis) = RedisServer::start() else {
@@ -450,6 +474,21 @@ async fn on_redis_the_binding_is_sealed_and_shared_between_proxies() {
     let proof = browser.key.proof(&challenge, false);
     assert_eq!(browser.answer(&b, &proof).await.status, 200);
     assert_eq!(browser.answer(&a, &proof).await.status, 403);
+    // One proof sent 16 times at once, to both proxies: exactly one is accepted.
+    let res = post(&b, REFRESH, &[("cookie", &browser.cookies())]).await;
+    let (challenge, _) = challenge_of(&res);
+    let proof = browser.key.proof(&challenge, false);
+    let answers = (0..16).map(|i| browser.answer(if i % 2 == 0 { &a } else { &b }, &proof));
+    let statuses = statuses(answers).await;
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 403),
+        "{statuses:?}"
+    );
     // An update in place keeps the binding.
     browser.get(&a, "/update").await;
     assert_eq!(browser.get(&b, "/").await.text(), "session");
