@@ -44,6 +44,7 @@ fn record(cookie_sent: u64) -> Record {
         cookie_sent,
         data: Arc::from(DATA),
         auth_time: None,
+        dbsc: None,
     }
 }
 

@@ -356,6 +356,9 @@ pub fn describe(config: &Config, secrets: &Secrets) -> String {
     let _ = writeln!(out, "enabled = {}", cs.enabled);
     let _ = writeln!(out, "trusted_origins = [{}]", cs.trusted_origins.join(", "));
     let _ = writeln!(out, "report_only = {}", cs.report_only);
+    let _ = writeln!(out, "[dbsc]");
+    let _ = writeln!(out, "enabled = {}", config.dbsc.enabled);
+    let _ = writeln!(out, "bound_cookie_sec = {}", config.dbsc.bound_cookie_sec);
     describe_routes(&mut out, config);
     let _ = writeln!(out, "[secrets]");
     let _ = writeln!(

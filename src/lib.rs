@@ -36,6 +36,7 @@ pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod cookie;
+pub mod dbsc;
 pub mod error;
 pub mod fdlimit;
 pub mod fs;

@@ -50,6 +50,9 @@ pub enum Outcome {
     Revoked,
     /// Refused as cross-origin (SPEC §12) before any session lookup.
     Csrf,
+    /// A session registered for DBSC came without a valid bound cookie (SPEC §16): no
+    /// session for the upstream.
+    Unbound,
 }
 
 impl Outcome {
@@ -65,6 +68,7 @@ impl Outcome {
             Outcome::Destroyed => "destroyed",
             Outcome::Revoked => "revoked",
             Outcome::Csrf => "csrf",
+            Outcome::Unbound => "unbound",
         }
     }
 }

@@ -59,6 +59,10 @@ fn check_accepts_the_shipped_config_and_hides_secrets() {
         text.contains("[csrf]\nenabled = true\ntrusted_origins = []\nreport_only = false\n"),
         "{text}"
     );
+    assert!(
+        text.contains("[dbsc]\nenabled = false\nbound_cookie_sec = 600\n"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -187,6 +187,7 @@ fn rec(data: &str) -> Record {
         cookie_sent: 1_700_000_100,
         data: data.into(),
         auth_time: None,
+        dbsc: None,
     }
 }
 

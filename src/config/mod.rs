@@ -20,6 +20,7 @@ use std::time::Duration;
 use http::HeaderName;
 
 pub use self::raw::RawCsrf;
+pub use self::raw::RawDbsc;
 pub use self::raw::Runtime;
 pub use self::raw::{
     LogFormat, OnError, RawConfig, RawCookie, RawForward, RawLog, RawRoute, RawServer, RawSession,
@@ -82,6 +83,8 @@ pub struct Config {
     pub log: LogFormat,
     /// `[csrf]`
     pub csrf: CsrfSettings,
+    /// `[dbsc]` (SPEC §16)
+    pub dbsc: DbscSettings,
     /// `[[route]]` and `server.case_insensitive_paths` (SPEC §11).
     pub routes: crate::route::RouteTable,
 }
@@ -231,6 +234,15 @@ pub struct CsrfSettings {
     pub trusted_origins: Vec<String>,
     /// Forward what would be refused; log and count it.
     pub report_only: bool,
+}
+
+/// Validated `[dbsc]` (SPEC §16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DbscSettings {
+    /// Offer Device Bound Session Credentials to browsers.
+    pub enabled: bool,
+    /// Life of the bound cookie, seconds (never 0).
+    pub bound_cookie_sec: u64,
 }
 
 // ---------------------------------------------------------------------------------------

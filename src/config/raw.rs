@@ -22,6 +22,8 @@ pub struct RawConfig {
     pub log: RawLog,
     /// `[csrf]`
     pub csrf: RawCsrf,
+    /// `[dbsc]` (SPEC §16)
+    pub dbsc: RawDbsc,
     /// `[[route]]` (SPEC §11)
     pub route: Vec<RawRoute>,
 }
@@ -346,6 +348,25 @@ impl Default for RawCsrf {
             enabled: true,
             trusted_origins: Vec::new(),
             report_only: false,
+        }
+    }
+}
+
+/// `[dbsc]` (SPEC §16)
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDbsc {
+    /// Offer Device Bound Session Credentials to browsers.
+    pub enabled: bool,
+    /// Life of the short, device-bound cookie.
+    pub bound_cookie_sec: u64,
+}
+
+impl Default for RawDbsc {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            bound_cookie_sec: 600,
         }
     }
 }

@@ -291,7 +291,8 @@ impl Metrics {
             | Outcome::Invalid
             | Outcome::Error
             | Outcome::Revoked
-            | Outcome::Csrf => {}
+            | Outcome::Csrf
+            | Outcome::Unbound => {}
         }
     }
 

@@ -18,6 +18,7 @@
 //! one opened with a session closes when that session ends ([`upgrades`], SPEC §13).
 
 pub mod csrf;
+mod dbsc;
 mod request;
 mod response;
 mod route;
@@ -185,6 +186,8 @@ pub struct Gate {
     upgrades: Upgrades,
     /// `session.revalidate_sec`: how often an upgraded connection re-checks its session.
     revalidate_sec: u64,
+    /// `[dbsc]` when enabled (SPEC §16).
+    dbsc: Option<crate::dbsc::Dbsc>,
 }
 
 impl std::fmt::Debug for Gate {
@@ -294,6 +297,14 @@ impl Gate {
             csrf_report_only: config.csrf.report_only,
             upgrades: Upgrades::new(),
             revalidate_sec: config.session.revalidate_sec,
+            dbsc: config.dbsc.enabled.then(|| {
+                crate::dbsc::Dbsc::new(
+                    &secrets.session,
+                    &config.session.cookie_name,
+                    &config.cookie,
+                    config.dbsc.bound_cookie_sec,
+                )
+            }),
         })
     }
 
@@ -406,6 +417,14 @@ impl Gate {
         let (mut parts, body) = req.into_parts();
         self.sanitize(&mut parts.headers);
         let target = self.target(&parts)?;
+        // SPEC §16: the DBSC endpoints are the proxy's own, before any route applies.
+        if let Some(dbsc) = &self.dbsc
+            && target.uri.path().starts_with(crate::dbsc::PREFIX)
+        {
+            return self
+                .dbsc_endpoint(ctx, dbsc, &mut parts, target.uri.path())
+                .await;
+        }
         let route = &self.routes.routes()[target.route];
         ctx.session_off = route.session == RouteSession::Off;
         ctx.upstream = self.route_upstream[target.route];
@@ -418,6 +437,7 @@ impl Gate {
             return Ok(refused);
         }
         self.on_request(ctx, &mut parts.headers).await?;
+        self.dbsc_check(ctx, &mut parts.headers);
         if let Some(denied) = self.gatekeep(ctx, route, &parts, &target.uri) {
             return Ok(denied);
         }

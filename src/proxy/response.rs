@@ -89,7 +89,10 @@ impl Gate {
 
         let value = match cookie_out {
             CookieOut::Keep => return Ok(()),
-            CookieOut::Set(id) => self.set_cookie.set(self.codec.sign(&id)),
+            CookieOut::Set(id) => {
+                self.dbsc_offer(ctx, &id, headers);
+                self.set_cookie.set(self.codec.sign(&id))
+            }
             CookieOut::Clear => self.set_cookie.clear(),
         };
         headers.append(header::SET_COOKIE, value);
@@ -388,6 +391,7 @@ impl Gate {
                 } else {
                     expected.auth_time
                 },
+                dbsc: expected.dbsc.clone(),
             };
             let ttl = self.lifetime.ttl_for(&next, now);
             let cas = match self

@@ -65,6 +65,7 @@ mod tests {
             cookie_sent,
             data: "{}".into(),
             auth_time: None,
+            dbsc: None,
         }
     }
 

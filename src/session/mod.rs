@@ -122,6 +122,8 @@ pub struct Record {
     /// Unix seconds of the session's last `X-Session-Set` (the token's `auth_time`, for
     /// `max_auth_age_sec`); `None` for a session made by `X-Session-Update` and never Set.
     pub auth_time: Option<u64>,
+    /// SPEC §16: the device key of a session registered for DBSC; `None` otherwise.
+    pub dbsc: Option<Arc<crate::dbsc::Binding>>,
 }
 
 impl fmt::Debug for Record {
@@ -131,6 +133,7 @@ impl fmt::Debug for Record {
             .field("cookie_sent", &self.cookie_sent)
             .field("data", &format_args!("<{} bytes>", self.data.len()))
             .field("auth_time", &self.auth_time)
+            .field("dbsc", &self.dbsc.is_some())
             .finish()
     }
 }
@@ -143,6 +146,7 @@ impl Record {
             cookie_sent: now,
             data,
             auth_time: None,
+            dbsc: None,
         }
     }
 }

@@ -50,6 +50,11 @@ impl Chromium {
         None
     }
 
+    /// The program's path.
+    pub fn program(&self) -> &std::path::Path {
+        &self.program
+    }
+
     /// Loads `url` in a fresh profile, lets its scripts and the navigations they start run
     /// (in virtual time, so no wall-clock wait), and returns the final DOM.
     pub async fn visit(&self, url: &str) -> String {

@@ -5,11 +5,13 @@
 //! [`upstream`] (the scripted application), [`gate`] (the proxy in-process), [`wire`]
 //! (client, responses, raw bytes), [`process`] (the built binary), [`jwt`] (the upstream
 //! token), [`redis_server`] (real `redis-server` processes, used by path),
-//! [`redis_sentinel`] (a master, a replica and Sentinels watching them, used by path) and
-//! [`chromium`] (a headless browser, used by path).
+//! [`redis_sentinel`] (a master, a replica and Sentinels watching them, used by path),
+//! [`chromium`] (a headless browser, used by path) and [`cdp`] (a headless browser driven
+//! over the DevTools protocol, used by path).
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod cdp;
 pub mod chromium;
 pub mod gate;
 pub mod jwt;

@@ -2,6 +2,7 @@
 //! the dotted key and points at its value in the file when the value is there.
 
 mod csrf;
+mod dbsc;
 mod forward;
 mod routes;
 mod server;
@@ -117,6 +118,7 @@ impl Validator<'_> {
             forward,
             log,
             csrf,
+            dbsc,
             route,
         } = raw;
         let https_routes = route.iter().any(|r| r.upstream.starts_with("https:"));
@@ -132,6 +134,7 @@ impl Validator<'_> {
         }
         let forward = self.forward(forward)?;
         let csrf = self.csrf(csrf)?;
+        let dbsc = self.dbsc(dbsc)?;
         let routes = self.routes(route, &server)?;
         Ok(Config {
             path: self.path.to_owned(),
@@ -142,6 +145,7 @@ impl Validator<'_> {
             forward,
             log: log.format,
             csrf,
+            dbsc,
             routes,
         })
     }

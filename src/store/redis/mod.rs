@@ -7,10 +7,10 @@
 //! Sessions are stored sealed ([`seal`](super::seal), SPEC §14): the key is
 //! `session.namespace` followed by the [`KeyHash`] of the ID (SHA-256 of its text, 43
 //! characters of base64url), e.g. `session:6oZqdX5M…`, never the ID; the value is the
-//! record in format 3: version and timestamps in clear, the data encrypted and
-//! authenticated with ChaCha20-Poly1305 under a key derived from the ID. Every write sets an
-//! expiry of `ttl` in whole seconds (rounded up, at least 1), and stamps the record's
-//! `touched` with the time of the write.
+//! record in format 3 (format 4 for a device-bound session, SPEC §16): version and
+//! timestamps in clear, the data encrypted and authenticated with ChaCha20-Poly1305 under
+//! a key derived from the ID. Every write sets an expiry of `ttl` in whole seconds (rounded
+//! up, at least 1), and stamps the record's `touched` with the time of the write.
 //!
 //! # One round trip per operation
 //!

@@ -5,7 +5,7 @@
 //! A read extends the session's expiry only when `store.touch_interval_sec` (`interval`)
 //! has passed since the record's `touched`, the time its expiry was last set, kept in the
 //! record itself so that every proxy sharing Redis takes the same decision. The touch is a
-//! script on the one key: if the value is of format 3 and its `touched` is still what this
+//! script on the one key: if the value is of format 3 or 4 and its `touched` is still what this
 //! read saw, it rewrites `touched` in place (`SETRANGE`, which keeps the value otherwise and
 //! keeps its TTL) and sets `EXPIRE key ttl`; if the key is gone it does nothing (it never
 //! creates a key, so it never resurrects a destroyed session); if `touched` moved on
@@ -51,14 +51,14 @@ use super::{RedisStore, StoreError, Target, open, ttl_secs, unavailable};
 use crate::config::StoreSettings;
 use crate::metrics::RedisReadMetrics;
 use crate::session::{Record, SessionId, unix_now};
-use crate::store::seal::{FORMAT_VERSION, SessionKeys, TOUCHED_AT};
+use crate::store::seal::{BOUND_FORMAT_VERSION, FORMAT_VERSION, SessionKeys, TOUCHED_AT};
 
 /// The touch (see the module docs): `KEYS[1]` = key, `ARGV` = the `touched` this read saw
 /// (8 bytes), the new `touched` (8 bytes), TTL seconds. Returns 1 when touched, 0 when the
-/// key is absent or not of format 3, 2 when `touched` moved on meanwhile.
+/// key is absent or not of format 3 or 4, 2 when `touched` moved on meanwhile.
 pub(super) const TOUCH_SCRIPT: &str = r"
 local head = redis.call('GETRANGE', KEYS[1], 0, 48)
-if #head < 49 or string.byte(head, 1) ~= 3 then
+if #head < 49 or (string.byte(head, 1) ~= 3 and string.byte(head, 1) ~= 4) then
   return 0
 end
 if string.sub(head, 42, 49) ~= ARGV[1] then
@@ -68,8 +68,8 @@ redis.call('SETRANGE', KEYS[1], 41, ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 ";
-// The script's offsets: format 3, `touched` at bytes 41..49 (1-based 42..49 in Lua).
-const _: () = assert!(FORMAT_VERSION == 3 && TOUCHED_AT == 41);
+// The script's offsets: formats 3 and 4, `touched` at bytes 41..49 (1-based 42..49 in Lua).
+const _: () = assert!(FORMAT_VERSION == 3 && BOUND_FORMAT_VERSION == 4 && TOUCHED_AT == 41);
 
 impl RedisStore {
     /// The read-path counters (touches, local cache), for `/metrics`.

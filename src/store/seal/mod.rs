@@ -38,6 +38,17 @@
 //! Format 2 values (the same without `auth_time` and `touched`) are refused like any other
 //! version: after an upgrade from a version that wrote them, their sessions start again.
 //!
+//! # Format 4: a session bound to a device (SPEC §16)
+//!
+//! A session registered for DBSC is written as format 4: the layout above with version `4`,
+//! whose sealed part is the device binding, then the data: 2 bytes (big-endian) of the
+//! binding's length, the binding ([`Binding::to_bytes`]: the last answered challenge's
+//! time and the public key), then the JSON text. The digest covers that whole sealed part,
+//! so the compare-and-set sees a change of binding as it sees a change of data. Sessions
+//! without a binding are written as format 3, byte for byte as before; a version that reads
+//! only format 3 refuses a format 4 value (no session), so it never serves a bound session
+//! without its bound cookie.
+//!
 //! # Keys
 //!
 //! Both keys come from the session ID alone, with HKDF-SHA256 (RFC 5869): HKDF-Expand with
@@ -97,10 +108,13 @@ use hmac::{Hmac, Mac};
 use ring::aead;
 use sha2::{Digest, Sha256};
 
+use crate::dbsc::Binding;
 use crate::session::{Record, SessionId};
 
-/// The format version this module writes and reads.
+/// The format version of a session without a device binding.
 pub const FORMAT_VERSION: u8 = 3;
+/// The format version of a session bound to a device (SPEC §16); same layout.
+pub const BOUND_FORMAT_VERSION: u8 = 4;
 /// HKDF-Expand label of the AEAD key.
 const SEAL_LABEL: &[u8] = b"sessiongate/v2/seal";
 /// HKDF-Expand label of the digest key.
@@ -135,7 +149,9 @@ pub enum CorruptRecord {
     #[error("a clear-text record of format 1 (written before sealing), which this version refuses")]
     Plain,
     /// A format version this version does not read.
-    #[error("unknown format version {0} (this version reads {FORMAT_VERSION})")]
+    #[error(
+        "unknown format version {0} (this version reads {FORMAT_VERSION} and {BOUND_FORMAT_VERSION})"
+    )]
     Version(u8),
     /// The AEAD refused it: altered in Redis, moved from another key, or not ours.
     #[error("failed authentication (altered, or moved from another key)")]
@@ -143,6 +159,9 @@ pub enum CorruptRecord {
     /// Authentic, yet its data is not UTF-8 (never written by the proxy).
     #[error("authentic, but its data is not UTF-8")]
     NotUtf8,
+    /// Authentic format 4, yet its device binding does not parse (never written by the proxy).
+    #[error("authentic, but its device binding does not parse")]
+    BadBinding,
 }
 
 /// SHA-256 of a session ID's text: what the store key carries instead of the ID. Safe to
@@ -261,10 +280,12 @@ impl SessionKeys {
     pub fn seal_touched(&self, rec: &Record, touched: u64) -> Vec<u8> {
         let header = self.header(rec);
         let nonce = fresh_nonce();
-        let mut out = Vec::with_capacity(OVERHEAD + rec.data.len());
+        let binding = binding_prefix(rec);
+        let mut out = Vec::with_capacity(OVERHEAD + binding.len() + rec.data.len());
         out.extend_from_slice(&header);
         out.extend_from_slice(&touched.to_be_bytes());
         out.extend_from_slice(&nonce);
+        out.extend_from_slice(&binding);
         out.extend_from_slice(rec.data.as_bytes());
         let tag = self
             .aead_key()
@@ -293,7 +314,7 @@ impl SessionKeys {
     /// When `value` is not a format 3 value sealed under this session's key and key hash.
     pub fn open_touched(&self, mut value: Vec<u8>) -> Result<(Record, u64), CorruptRecord> {
         match value.first() {
-            Some(&FORMAT_VERSION) => {}
+            Some(&FORMAT_VERSION | &BOUND_FORMAT_VERSION) => {}
             Some(b'{') => return Err(CorruptRecord::Plain),
             Some(&other) => return Err(CorruptRecord::Version(other)),
             None => return Err(CorruptRecord::Truncated(0)),
@@ -311,12 +332,24 @@ impl SessionKeys {
             .aead_key()
             .open_in_place(nonce, aead::Aad::from(self.aad(header)), sealed)
             .map_err(|_| CorruptRecord::Unauthentic)?;
+        let (dbsc, plain) = if header[0] == BOUND_FORMAT_VERSION {
+            let (len, rest) = plain.split_at_checked(2).ok_or(CorruptRecord::BadBinding)?;
+            let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+            let (binding, data) = rest
+                .split_at_checked(len)
+                .ok_or(CorruptRecord::BadBinding)?;
+            let binding = Binding::from_bytes(binding).ok_or(CorruptRecord::BadBinding)?;
+            (Some(Arc::new(binding)), data)
+        } else {
+            (None, &*plain)
+        };
         let data = std::str::from_utf8(plain).map_err(|_| CorruptRecord::NotUtf8)?;
         let rec = Record {
             created: be_u64(&header[1..9]),
             cookie_sent: be_u64(&header[9..17]),
             auth_time: Some(be_u64(&header[17..25])).filter(|&t| t != 0),
             data: Arc::from(data),
+            dbsc,
         };
         Ok((rec, touched))
     }
@@ -332,16 +365,38 @@ impl SessionKeys {
 
 fn header(digest_key: HmacSha256, rec: &Record) -> [u8; HEADER_LEN] {
     let mut header = [0u8; HEADER_LEN];
-    header[0] = FORMAT_VERSION;
+    header[0] = if rec.dbsc.is_some() {
+        BOUND_FORMAT_VERSION
+    } else {
+        FORMAT_VERSION
+    };
     header[1..9].copy_from_slice(&rec.created.to_be_bytes());
     header[9..17].copy_from_slice(&rec.cookie_sent.to_be_bytes());
     header[17..25].copy_from_slice(&rec.auth_time.unwrap_or(0).to_be_bytes());
     let tag = digest_key
+        .chain_update(binding_prefix(rec))
         .chain_update(rec.data.as_bytes())
         .finalize()
         .into_bytes();
     header[25..].copy_from_slice(&tag[..DIGEST_LEN]);
     header
+}
+
+/// What format 4 seals before the data: the binding's length (2 bytes) and the binding;
+/// empty for a session without one (format 3).
+fn binding_prefix(rec: &Record) -> Vec<u8> {
+    let Some(binding) = &rec.dbsc else {
+        return Vec::new();
+    };
+    let bytes = binding.to_bytes();
+    let mut out = Vec::with_capacity(2 + bytes.len());
+    out.extend_from_slice(
+        &u16::try_from(bytes.len())
+            .expect("a binding is at most about 1 KB")
+            .to_be_bytes(),
+    );
+    out.extend_from_slice(&bytes);
+    out
 }
 
 /// 12 bytes from the OS random source, never handed out twice. The OS is asked for 32

@@ -8,6 +8,7 @@ fn rec(data: &str) -> Record {
         cookie_sent: 1_700_000_100,
         data: Arc::from(data),
         auth_time: None,
+        dbsc: None,
     }
 }
 
@@ -16,6 +17,51 @@ fn rec_set(data: &str) -> Record {
     Record {
         auth_time: Some(1_700_000_050),
         ..rec(data)
+    }
+}
+
+/// `rec(data)` registered for DBSC (SPEC §16): sealed as format 4.
+fn rec_bound(data: &str) -> Record {
+    Record {
+        dbsc: Some(Arc::new(crate::dbsc::Binding {
+            key: crate::dbsc::PublicKey::Es256([7; 65]),
+            last_challenge_ms: 1_700_000_000_123,
+        })),
+        ..rec(data)
+    }
+}
+
+#[test]
+fn a_bound_record_seals_as_format_4_and_round_trips() {
+    let keys = SessionKeys::derive(&SessionId::random());
+    let r = rec_bound(r#"{"userId":1}"#);
+    let sealed = keys.seal(&r);
+    assert_eq!(sealed[0], BOUND_FORMAT_VERSION);
+    assert_eq!(sealed[..HEADER_LEN], keys.header(&r));
+    assert_eq!(keys.open(sealed).unwrap(), r);
+    // Unbound, the same record is format 3 as before.
+    let plain = rec(r#"{"userId":1}"#);
+    assert_eq!(keys.seal(&plain)[0], FORMAT_VERSION);
+    // The header (what the compare-and-set compares) tells every binding change apart.
+    let later = Record {
+        dbsc: Some(Arc::new(crate::dbsc::Binding {
+            last_challenge_ms: 1_700_000_000_124,
+            ..(**r.dbsc.as_ref().unwrap()).clone()
+        })),
+        ..r.clone()
+    };
+    let other_key = Record {
+        dbsc: Some(Arc::new(crate::dbsc::Binding {
+            key: crate::dbsc::PublicKey::Es256([8; 65]),
+            ..(**r.dbsc.as_ref().unwrap()).clone()
+        })),
+        ..r.clone()
+    };
+    let headers = [&plain, &r, &later, &other_key].map(|x| keys.header(x));
+    for (i, a) in headers.iter().enumerate() {
+        for b in &headers[i + 1..] {
+            assert_ne!(a, b);
+        }
     }
 }
 
@@ -181,9 +227,16 @@ fn other_formats_and_short_values_are_refused() {
     let mut v2 = keys.seal(&rec("{}"));
     v2[0] = 2;
     assert_eq!(keys.open(v2), Err(CorruptRecord::Version(2)));
+    let mut v5 = keys.seal(&rec("{}"));
+    v5[0] = 5;
+    assert_eq!(keys.open(v5), Err(CorruptRecord::Version(5)));
+    // A format 3 value relabelled 4 (or the reverse): the version is authenticated.
     let mut v4 = keys.seal(&rec("{}"));
     v4[0] = 4;
-    assert_eq!(keys.open(v4), Err(CorruptRecord::Version(4)));
+    assert_eq!(keys.open(v4), Err(CorruptRecord::Unauthentic));
+    let mut v3 = keys.seal(&rec_bound("{}"));
+    v3[0] = 3;
+    assert_eq!(keys.open(v3), Err(CorruptRecord::Unauthentic));
     assert_eq!(keys.open(Vec::new()), Err(CorruptRecord::Truncated(0)));
     for r in [rec(""), rec_set("")] {
         let sealed = keys.seal(&r);
@@ -245,10 +298,20 @@ proptest! {
         created in any::<u64>(),
         cookie_sent in any::<u64>(),
         auth_time in any::<Option<u64>>(),
+        bound in any::<Option<(u64, [u8; 32])>>(),
         flip in any::<prop::sample::Index>(),
     ) {
         let keys = SessionKeys::derive(&SessionId::random());
-        let r = Record { created, cookie_sent, data: Arc::from(data.as_str()), auth_time };
+        // With a binding (format 4): an ES256 key whose point bytes vary.
+        let dbsc = bound.map(|(last_challenge_ms, bytes)| {
+            let mut point = [4u8; 65];
+            point[1..33].copy_from_slice(&bytes);
+            Arc::new(crate::dbsc::Binding {
+                key: crate::dbsc::PublicKey::Es256(point),
+                last_challenge_ms,
+            })
+        });
+        let r = Record { created, cookie_sent, data: Arc::from(data.as_str()), auth_time, dbsc };
         let sealed = keys.seal(&r);
         prop_assert_eq!(keys.open(sealed.clone()).unwrap(), r);
         // Any bit but those of `touched` (bytes 33..41, not authenticated).
