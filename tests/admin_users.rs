@@ -1,6 +1,7 @@
 //! The admin API (SPEC §13) on the admin listener, through real sockets: a user's devices,
 //! revocation by user and by handle, the bearer token, and the operator page's headers.
-//! Sessions are seeded straight into a memory store shared with the gate.
+//! Sessions are seeded straight into a memory store shared with the gate; one test logs in
+//! through the proxy instead, on memory, Redis and Redis Cluster.
 
 mod support;
 
@@ -14,6 +15,7 @@ use serde_json::{Value, json};
 use sessiongate::session::{Record, SessionId};
 use sessiongate::store::users::{Handle, Joined, NewDevice, UserIndex as _};
 use sessiongate::store::{MemoryStore, SessionStore as _, Store};
+use support::redis_server::{RedisCluster, RedisServer};
 use support::*;
 
 const TOKEN: &str = "admin-token-for-tests-0123456789abcdef";
@@ -496,6 +498,38 @@ async fn a_store_failure_is_503() {
 #[tokio::test]
 async fn sessions_logged_in_through_the_proxy_are_listed_and_revoked() {
     trace_init();
+    logged_in_through_the_proxy_listed_and_revoked("").await;
+}
+
+#[tokio::test]
+async fn on_redis_sessions_logged_in_through_the_proxy_are_listed_and_revoked() {
+    trace_init();
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let store = format!(
+        "[store]\nkind = \"redis\"\nurl = \"{}\"\ntimeout_ms = 2000\n",
+        redis.url()
+    );
+    logged_in_through_the_proxy_listed_and_revoked(&store).await;
+}
+
+#[tokio::test]
+async fn on_redis_cluster_sessions_logged_in_through_the_proxy_are_listed_and_revoked() {
+    trace_init();
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    let store = format!(
+        "[store]\nkind = \"redis\"\ncluster = {}\ntimeout_ms = 2000\n",
+        cluster.toml_list()
+    );
+    logged_in_through_the_proxy_listed_and_revoked(&store).await;
+}
+
+/// Logins through the proxy (with `store_toml`, "" for the memory store), then the admin
+/// API lists them, signs one device out and then the user everywhere.
+async fn logged_in_through_the_proxy_listed_and_revoked(store_toml: &str) {
     let app = upstream(|req| match req.path.strip_prefix("/login/") {
         Some(user) => Reply::ok().header("x-session-set", json!({ "userId": user }).to_string()),
         None => Reply::ok(),
@@ -503,7 +537,7 @@ async fn sessions_logged_in_through_the_proxy_are_listed_and_revoked() {
     .await;
     let gate = gate(app.addr)
         .server("admin_listen = \"127.0.0.1:0\"")
-        .toml("[session]\nuser_field = \"userId\"")
+        .toml(&format!("[session]\nuser_field = \"userId\"\n{store_toml}"))
         .env("SESSION_ADMIN_TOKEN", TOKEN)
         .run()
         .await;
