@@ -8,7 +8,7 @@
 use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value, json};
-use sessiongate::protocol::{DirectiveError, parse_directives};
+use sessiongate::protocol::{Destroy, DirectiveError, parse_directives};
 use sessiongate::session::{merge_object, merge_patch};
 
 fn target() -> Value {
@@ -129,7 +129,7 @@ fuzz_target!(|data: &[u8]| {
     let want = expect(&sets).and_then(|s| expect(&updates).map(|u| (s, u)));
     match (&got, &want) {
         (Ok(d), Ok((s, u))) => {
-            assert_eq!(d.destroy, flags & 1 == 1);
+            assert_eq!(d.destroy, (flags & 1 == 1).then_some(Destroy::Current));
             assert_eq!(&d.set, s);
             assert_eq!(&d.update, u);
         }

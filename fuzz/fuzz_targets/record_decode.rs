@@ -7,7 +7,8 @@ use std::sync::{Arc, LazyLock};
 use libfuzzer_sys::fuzz_target;
 use sessiongate::session::{Record, SessionId};
 use sessiongate::store::seal::{
-    CorruptRecord, FORMAT_VERSION, HEADER_LEN, OVERHEAD, SessionKeys, TOUCHED_AT,
+    BOUND_FORMAT_VERSION, CorruptRecord, FORMAT_VERSION, HEADER_LEN, OVERHEAD, SessionKeys,
+    TOUCHED_AT,
 };
 
 /// The session the stored values belong to: the ID whose bytes are 0, 1, ..., 31 (the
@@ -26,7 +27,7 @@ fn reference(value: &[u8]) -> CorruptRecord {
     match value.first() {
         None => CorruptRecord::Truncated(0),
         Some(b'{') => CorruptRecord::Plain,
-        Some(&v) if v != FORMAT_VERSION => CorruptRecord::Version(v),
+        Some(&v) if v != FORMAT_VERSION && v != BOUND_FORMAT_VERSION => CorruptRecord::Version(v),
         Some(_) if value.len() < OVERHEAD => CorruptRecord::Truncated(value.len()),
         Some(_) => CorruptRecord::Unauthentic,
     }
@@ -66,9 +67,13 @@ fn check_round_trip(input: &[u8]) {
         auth_time: (u64_at(0) % 2 == 1)
             .then(|| u64_at(0).wrapping_add(u64_at(8)))
             .filter(|&t| t != 0),
+        dbsc: None,
     };
     let sealed = KEYS.seal_touched(&rec, rec.created);
-    assert_eq!(KEYS.open_touched(sealed.clone()), Ok((rec.clone(), rec.created)));
+    assert_eq!(
+        KEYS.open_touched(sealed.clone()),
+        Ok((rec.clone(), rec.created))
+    );
     assert_eq!(sealed.len(), OVERHEAD + rec.data.len());
     assert_eq!(sealed[..HEADER_LEN], KEYS.header(&rec));
     assert_eq!(KEYS.open(sealed.clone()), Ok(rec.clone()));

@@ -15,7 +15,7 @@
 //!    whose client went away (hyper then drops this future) is still counted and logged.
 //!
 //! Bodies are streamed both ways; upgrades are bridged once the upstream answers 101, and
-//! one opened with a session closes when that session ends ([`upgrades`], SPEC §13).
+//! one opened with a session closes when that session ends ([`Upgrades`], SPEC §13).
 
 pub mod csrf;
 mod dbsc;
