@@ -67,6 +67,16 @@ fn memory_store() -> Option<Fixture> {
     })
 }
 
+/// A memory store large enough to be split over shards (one lock each).
+fn sharded_memory_store() -> Option<Fixture> {
+    let store = MemoryStore::new(1_000_000);
+    assert!(store.shards() > 1);
+    Some(Fixture {
+        store: Store::Memory(store),
+        redis: Redis::None,
+    })
+}
+
 fn redis_store() -> Option<Fixture> {
     let server = RedisServer::start()?;
     let store = RedisStore::open(&settings(server.url(), Vec::new()), NAMESPACE).unwrap();
@@ -623,6 +633,7 @@ macro_rules! store_conformance {
 // The memory store holds records, never bytes: the at-rest cases (SPEC §14) are Redis's.
 store_conformance! {
     memory => super::memory_store;
+    sharded_memory => super::sharded_memory_store;
     redis => super::redis_store, corrupt_stored_value_is_an_error, a_flipped_byte_is_refused, a_value_moved_to_another_key_is_refused, a_dump_holds_no_session_id_and_no_data, replace_compares_records_not_their_sealed_bytes;
     cluster => super::cluster_store, corrupt_stored_value_is_an_error, a_flipped_byte_is_refused, a_value_moved_to_another_key_is_refused, a_dump_holds_no_session_id_and_no_data, replace_compares_records_not_their_sealed_bytes;
     sentinel => super::sentinel_store, corrupt_stored_value_is_an_error, a_flipped_byte_is_refused, a_value_moved_to_another_key_is_refused, a_dump_holds_no_session_id_and_no_data, replace_compares_records_not_their_sealed_bytes;

@@ -64,7 +64,8 @@ fn indexed(settings: &StoreSettings) -> Store {
 
 fn memory_store() -> Option<Fixture> {
     Some(Fixture {
-        store: Store::Memory(MemoryStore::new(10_000)),
+        // Large enough to be split over shards: the index has its own lock.
+        store: Store::Memory(MemoryStore::new(1_000_000)),
         redis: Redis::None,
     })
 }

@@ -1,9 +1,27 @@
-//! The in-memory store: one strict LRU (the `lru` crate) bounded by `store.max_sessions`,
-//! with a per-entry expiry checked on every access. Lost on restart (SPEC §7).
+//! The in-memory store: LRU maps (the `lru` crate) bounded by `store.max_sessions`, with a
+//! per-entry expiry checked on every access, and the per-user index (SPEC §13). Lost on
+//! restart (SPEC §7).
 //!
 //! Because every use slides an entry's expiry by the same `ttl`, the least recently used
 //! entry is also the first to expire; each write therefore reclaims a few expired entries
 //! from the LRU end, so memory held by expired sessions is returned without a sweeper task.
+//!
+//! # Shards
+//!
+//! With `server.runtime = "per-core"` every thread reads this one store, so the sessions are
+//! split over up to `MAX_SHARDS` (16) maps, each behind its own lock, by the first byte of
+//! the session ID (uniformly random: only IDs the proxy minted and signed reach the store).
+//! Each shard holds `max_sessions / shards` entries and evicts its own least recently used,
+//! so eviction is LRU per shard, not across the store. A store of fewer than
+//! `MIN_PER_SHARD` (4,096) sessions per shard keeps one shard: an exact LRU.
+//!
+//! # The index and its lock order
+//!
+//! The per-user index has a lock of its own, the point of serialisation of `join` and
+//! `revoke` (see [`users`](super::users)). Index operations take a shard's lock while
+//! holding the index's (to read `last_seen`, to delete a revoked record); record operations
+//! take only a shard's lock, and forget a session they expired or evicted in the index
+//! after they released it. Never the other way round, so no two callers wait on each other.
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -19,6 +37,10 @@ use crate::session::{Record, SessionId, unix_now};
 
 /// How many expired entries one write reclaims at most, so a write never stalls.
 const RECLAIM_PER_WRITE: usize = 8;
+/// The most shards the sessions are split over.
+const MAX_SHARDS: usize = 16;
+/// Fewer sessions per shard than this, and the store keeps fewer shards (at least one).
+const MIN_PER_SHARD: usize = 4096;
 
 struct Entry {
     rec: Record,
@@ -27,10 +49,11 @@ struct Entry {
     seen: Instant,
 }
 
-/// Everything behind the one lock: the sessions and the per-user index (SPEC §13), so
-/// every index operation is atomic with the records it names.
-struct Inner {
-    map: LruCache<SessionId, Entry>,
+type Shard = LruCache<SessionId, Entry>;
+
+/// The per-user index (SPEC §13).
+#[derive(Default)]
+struct Index {
     /// user -> that user's members and their device facts.
     users: HashMap<Arc<str>, HashMap<SessionId, NewDevice>>,
     /// member -> its user.
@@ -39,7 +62,7 @@ struct Inner {
     handles: HashMap<Handle, SessionId>,
 }
 
-impl Inner {
+impl Index {
     /// Forgets `id`'s membership, if any.
     fn unindex(&mut self, id: &SessionId) {
         if let Some(user) = self.member_of.remove(id) {
@@ -52,16 +75,6 @@ impl Inner {
             }
         }
     }
-
-    /// Deletes `id`'s record and membership.
-    fn destroy(&mut self, id: &SessionId) {
-        self.map.pop(id);
-        self.unindex(id);
-    }
-
-    fn is_live(&self, id: &SessionId, now: Instant) -> bool {
-        self.map.peek(id).is_some_and(|e| e.expires > now)
-    }
 }
 
 /// Sessions that ended without the proxy ending them, by reason (SPEC §13 metrics).
@@ -71,10 +84,18 @@ struct Ended {
     evicted: Counter,
 }
 
+/// Why a record operation removed an entry other than the one asked for.
+#[derive(Clone, Copy)]
+enum Gone {
+    Expired,
+    Evicted,
+}
+
 /// The in-memory store. Cloning shares the same entries.
 #[derive(Clone)]
 pub struct MemoryStore {
-    inner: Arc<Mutex<Inner>>,
+    shards: Arc<[Mutex<Shard>]>,
+    index: Arc<Mutex<Index>>,
     ended: Ended,
 }
 
@@ -82,21 +103,26 @@ impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryStore")
             .field("len", &self.len())
+            .field("shards", &self.shards.len())
             .finish()
     }
+}
+
+/// No code path panics while holding a lock; if one ever did, the map itself is still
+/// consistent, so keep serving rather than poison every later request.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl MemoryStore {
     /// A store that holds at most `max_sessions` entries (at least 1).
     pub fn new(max_sessions: usize) -> Self {
-        let cap = NonZeroUsize::new(max_sessions).unwrap_or(NonZeroUsize::MIN);
+        let max = max_sessions.max(1);
+        let count = (max / MIN_PER_SHARD).clamp(1, MAX_SHARDS);
+        let cap = NonZeroUsize::new(max / count).unwrap_or(NonZeroUsize::MIN);
         Self {
-            inner: Arc::new(Mutex::new(Inner {
-                map: LruCache::new(cap),
-                users: HashMap::new(),
-                member_of: HashMap::new(),
-                handles: HashMap::new(),
-            })),
+            shards: (0..count).map(|_| Mutex::new(LruCache::new(cap))).collect(),
+            index: Arc::default(),
             ended: Ended::default(),
         }
     }
@@ -110,7 +136,7 @@ impl MemoryStore {
 
     /// Number of entries held, expired ones not yet reclaimed included.
     pub fn len(&self) -> usize {
-        self.lock().map.len()
+        self.shards.iter().map(|s| lock(s).len()).sum()
     }
 
     /// True when no entry is held.
@@ -118,19 +144,26 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // No code path panics while holding the lock; if one ever did, the map itself is
-        // still consistent, so keep serving rather than poison every later request.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    /// How many shards the sessions are split over.
+    pub fn shards(&self) -> usize {
+        self.shards.len()
     }
 
-    fn reclaim(&self, inner: &mut Inner, now: Instant) {
+    fn shard(&self, id: &SessionId) -> MutexGuard<'_, Shard> {
+        lock(&self.shards[usize::from(id.as_bytes()[0]) % self.shards.len()])
+    }
+
+    fn index(&self) -> MutexGuard<'_, Index> {
+        lock(&self.index)
+    }
+
+    /// Pops up to [`RECLAIM_PER_WRITE`] expired entries from `shard`'s LRU end into `gone`.
+    fn reclaim(shard: &mut Shard, now: Instant, gone: &mut Vec<(SessionId, Gone)>) {
         for _ in 0..RECLAIM_PER_WRITE {
-            match inner.map.peek_lru() {
+            match shard.peek_lru() {
                 Some((_, e)) if e.expires <= now => {
-                    if let Some((id, _)) = inner.map.pop_lru() {
-                        inner.unindex(&id);
-                        self.ended.expired.inc();
+                    if let Some((id, _)) = shard.pop_lru() {
+                        gone.push((id, Gone::Expired));
                     }
                 }
                 _ => break,
@@ -138,25 +171,43 @@ impl MemoryStore {
         }
     }
 
-    /// Removes the expired entry `id`.
-    fn expire(&self, inner: &mut Inner, id: &SessionId) {
-        inner.destroy(id);
-        self.ended.expired.inc();
+    /// Counts entries a record operation removed, and forgets them in the index. Called
+    /// with no shard lock held (see the lock order in the module docs).
+    fn forget(&self, gone: &[(SessionId, Gone)]) {
+        if gone.is_empty() {
+            return;
+        }
+        let mut index = self.index();
+        for (id, why) in gone {
+            index.unindex(id);
+            match why {
+                Gone::Expired => self.ended.expired.inc(),
+                Gone::Evicted => self.ended.evicted.inc(),
+            };
+        }
+    }
+
+    /// Deletes the record of `id`, with the index's lock held.
+    fn destroy_held(&self, index: &mut Index, id: &SessionId) {
+        self.shard(id).pop(id);
+        index.unindex(id);
     }
 }
 
 impl SessionStore for MemoryStore {
     async fn load(&self, id: &SessionId, ttl: Duration) -> Result<Option<Record>, StoreError> {
         let now = Instant::now();
-        let mut inner = self.lock();
-        match inner.map.get_mut(id) {
+        let mut shard = self.shard(id);
+        match shard.get_mut(id) {
             Some(e) if e.expires > now => {
                 e.expires = now + ttl;
                 e.seen = now;
                 Ok(Some(e.rec.clone()))
             }
             Some(_) => {
-                self.expire(&mut inner, id);
+                shard.pop(id);
+                drop(shard);
+                self.forget(&[(*id, Gone::Expired)]);
                 Ok(None)
             }
             None => Ok(None),
@@ -170,8 +221,9 @@ impl SessionStore for MemoryStore {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let now = Instant::now();
-        let mut inner = self.lock();
-        self.reclaim(&mut inner, now);
+        let mut gone = Vec::new();
+        let mut shard = self.shard(id);
+        Self::reclaim(&mut shard, now, &mut gone);
         let entry = Entry {
             rec: rec.clone(),
             expires: now + ttl,
@@ -179,25 +231,27 @@ impl SessionStore for MemoryStore {
         };
         // One lookup: `push` hands back what it displaced, an evicted LRU entry or a live
         // session under this very ID, which (a collision) is put back untouched.
-        match inner.map.push(*id, entry) {
+        let created = match shard.push(*id, entry) {
             Some((displaced, old)) if displaced == *id && old.expires > now => {
-                inner.map.push(displaced, old);
-                Ok(false)
+                shard.push(displaced, old);
+                false
             }
             Some((displaced, old)) => {
                 if displaced != *id {
-                    inner.unindex(&displaced);
-                    let reason = if old.expires > now {
-                        &self.ended.evicted
+                    let why = if old.expires > now {
+                        Gone::Evicted
                     } else {
-                        &self.ended.expired
+                        Gone::Expired
                     };
-                    reason.inc();
+                    gone.push((displaced, why));
                 }
-                Ok(true)
+                true
             }
-            None => Ok(true),
-        }
+            None => true,
+        };
+        drop(shard);
+        self.forget(&gone);
+        Ok(created)
     }
 
     async fn replace(
@@ -208,27 +262,34 @@ impl SessionStore for MemoryStore {
         ttl: Duration,
     ) -> Result<Cas, StoreError> {
         let now = Instant::now();
-        let mut inner = self.lock();
-        self.reclaim(&mut inner, now);
-        match inner.map.get_mut(id) {
+        let mut gone = Vec::new();
+        let mut shard = self.shard(id);
+        Self::reclaim(&mut shard, now, &mut gone);
+        let cas = match shard.get_mut(id) {
             Some(e) if e.expires > now => {
-                if e.rec != *expected {
-                    return Ok(Cas::Changed(e.rec.clone()));
+                if e.rec == *expected {
+                    e.rec = new.clone();
+                    e.expires = now + ttl;
+                    Cas::Applied
+                } else {
+                    Cas::Changed(e.rec.clone())
                 }
-                e.rec = new.clone();
-                e.expires = now + ttl;
-                Ok(Cas::Applied)
             }
             Some(_) => {
-                self.expire(&mut inner, id);
-                Ok(Cas::Gone)
+                shard.pop(id);
+                gone.push((*id, Gone::Expired));
+                Cas::Gone
             }
-            None => Ok(Cas::Gone),
-        }
+            None => Cas::Gone,
+        };
+        drop(shard);
+        self.forget(&gone);
+        Ok(cas)
     }
 
     async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
-        self.lock().destroy(id);
+        self.shard(id).pop(id);
+        self.index().unindex(id);
         Ok(())
     }
 
@@ -247,43 +308,45 @@ impl UserIndex for MemoryStore {
         max_per_user: usize,
     ) -> Result<Joined, StoreError> {
         let now = Instant::now();
-        let mut guard = self.lock();
-        let inner = &mut *guard;
+        let mut index = self.index();
         if let Some((old_user, old)) = replacing
-            && inner.member_of.get(old).map(|u| &**u) != Some(old_user)
+            && index.member_of.get(old).map(|u| &**u) != Some(old_user)
         {
             return Ok(Joined::SourceGone);
         }
-        inner.unindex(id);
+        index.unindex(id);
         let user: Arc<str> = Arc::from(user);
-        inner.member_of.insert(*id, user.clone());
-        inner.handles.insert(Handle::of(id), *id);
-        let members = inner.users.entry(user.clone()).or_default();
+        index.member_of.insert(*id, user.clone());
+        index.handles.insert(Handle::of(id), *id);
+        let members = index.users.entry(user).or_default();
         members.insert(*id, device.clone());
-        let mut evicted = Vec::new();
         // The replaced session is about to leave: it neither counts nor is evicted.
         let replaced = replacing.map(|(_, old)| *old);
         let counted =
             members.len() - usize::from(replaced.is_some_and(|o| members.contains_key(&o)));
+        let mut evicted = Vec::new();
         if max_per_user > 0 && counted > max_per_user {
-            // Least recently seen first, then oldest created; a member whose record is
-            // gone counts as never seen, so it goes first.
-            let mut others: Vec<(Option<Instant>, u64, SessionId)> = members
+            let others: Vec<(u64, SessionId)> = members
                 .iter()
                 .filter(|(m, _)| *m != id && Some(**m) != replaced)
-                .map(|(m, d)| {
-                    let seen = inner
-                        .map
-                        .peek(m)
+                .map(|(m, d)| (d.created, *m))
+                .collect();
+            // Least recently seen first, then oldest created; a member whose record is
+            // gone counts as never seen, so it goes first.
+            let mut others: Vec<(Option<Instant>, u64, SessionId)> = others
+                .into_iter()
+                .map(|(created, m)| {
+                    let seen = self
+                        .shard(&m)
+                        .peek(&m)
                         .filter(|e| e.expires > now)
                         .map(|e| e.seen);
-                    (seen, d.created, *m)
+                    (seen, created, m)
                 })
                 .collect();
             others.sort_by_key(|(seen, created, _)| (*seen, *created));
-            let excess = counted - max_per_user;
-            for (_, _, victim) in others.into_iter().take(excess) {
-                inner.destroy(&victim);
+            for (_, _, victim) in others.into_iter().take(counted - max_per_user) {
+                self.destroy_held(&mut index, &victim);
                 evicted.push(Handle::of(&victim));
             }
         }
@@ -291,9 +354,9 @@ impl UserIndex for MemoryStore {
     }
 
     async fn leave(&self, user: &str, id: &SessionId) -> Result<(), StoreError> {
-        let mut inner = self.lock();
-        if inner.member_of.get(id).map(|u| &**u) == Some(user) {
-            inner.unindex(id);
+        let mut index = self.index();
+        if index.member_of.get(id).map(|u| &**u) == Some(user) {
+            index.unindex(id);
         }
         Ok(())
     }
@@ -303,8 +366,10 @@ impl UserIndex for MemoryStore {
         user: &str,
         keep: Option<&SessionId>,
     ) -> Result<Vec<Handle>, StoreError> {
-        let mut inner = self.lock();
-        let victims: Vec<SessionId> = inner
+        // The index's lock is held until every record is gone: a join meanwhile waits,
+        // and then finds the session it replaces no longer a member.
+        let mut index = self.index();
+        let victims: Vec<SessionId> = index
             .users
             .get(user)
             .map(|members| {
@@ -318,55 +383,117 @@ impl UserIndex for MemoryStore {
         Ok(victims
             .iter()
             .map(|victim| {
-                inner.destroy(victim);
+                self.destroy_held(&mut index, victim);
                 Handle::of(victim)
             })
             .collect())
     }
 
     async fn revoke_handle(&self, user: Option<&str>, handle: &Handle) -> Result<bool, StoreError> {
-        let mut inner = self.lock();
-        let Some(&id) = inner.handles.get(handle) else {
+        let mut index = self.index();
+        let Some(&id) = index.handles.get(handle) else {
             return Ok(false);
         };
-        if user.is_some_and(|u| inner.member_of.get(&id).map(|m| &**m) != Some(u)) {
+        if user.is_some_and(|u| index.member_of.get(&id).map(|m| &**m) != Some(u)) {
             return Ok(false);
         }
-        let live = inner.is_live(&id, Instant::now());
-        inner.destroy(&id);
+        let live = self
+            .shard(&id)
+            .pop(&id)
+            .is_some_and(|e| e.expires > Instant::now());
+        index.unindex(&id);
         Ok(live)
     }
 
     async fn devices(&self, user: &str) -> Result<Vec<Device>, StoreError> {
         let now = Instant::now();
         let unix = unix_now();
-        let mut inner = self.lock();
-        let Some(members) = inner.users.get(user) else {
+        let mut index = self.index();
+        let Some(members) = index.users.get(user) else {
             return Ok(Vec::new());
         };
+        let mut devices = Vec::with_capacity(members.len());
         // Members whose record is gone (true: expired in place, to be counted).
         let mut dead = Vec::new();
-        let mut devices = Vec::with_capacity(members.len());
         for (id, d) in members {
-            match inner.map.peek(id).filter(|e| e.expires > now) {
-                Some(e) => devices.push(Device {
+            let shard = self.shard(id);
+            match shard.peek(id) {
+                Some(e) if e.expires > now => devices.push(Device {
                     handle: Handle::of(id),
                     created: d.created,
                     last_seen: unix.saturating_sub(now.duration_since(e.seen).as_secs()),
                     user_agent: d.user_agent.clone(),
                     ip: d.ip.clone(),
                 }),
-                None => dead.push((*id, inner.map.contains(id))),
+                Some(_) => dead.push((*id, true)),
+                None => dead.push((*id, false)),
             }
         }
         for (id, expired) in dead {
             if expired {
-                self.expire(&mut inner, &id);
+                self.destroy_held(&mut index, &id);
+                self.ended.expired.inc();
             } else {
-                inner.unindex(&id);
+                index.unindex(&id);
             }
         }
         devices.sort_by_key(|d| (d.created, d.handle));
         Ok(devices)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn small_stores_keep_one_exact_lru_and_large_ones_are_sharded() {
+        assert_eq!(MemoryStore::new(0).shards(), 1);
+        assert_eq!(MemoryStore::new(MIN_PER_SHARD * 2 - 1).shards(), 1);
+        assert_eq!(MemoryStore::new(MIN_PER_SHARD * 2).shards(), 2);
+        assert_eq!(MemoryStore::new(1_000_000).shards(), MAX_SHARDS);
+        // One shard: the least recently used goes first, exactly.
+        run(async {
+            let store = MemoryStore::new(2);
+            let ttl = Duration::from_secs(60);
+            let ids: Vec<SessionId> = (0..3).map(|_| SessionId::random()).collect();
+            let rec = Record::new("{}".into(), 0);
+            store.create(&ids[0], &rec, ttl).await.unwrap();
+            store.create(&ids[1], &rec, ttl).await.unwrap();
+            store.load(&ids[0], ttl).await.unwrap();
+            store.create(&ids[2], &rec, ttl).await.unwrap();
+            assert!(store.load(&ids[1], ttl).await.unwrap().is_none());
+            assert!(store.load(&ids[0], ttl).await.unwrap().is_some());
+        });
+    }
+
+    #[test]
+    fn a_sharded_store_holds_at_most_max_sessions_and_forgets_evicted_members() {
+        run(async {
+            let max = MIN_PER_SHARD * 2;
+            let store = MemoryStore::new(max);
+            assert_eq!(store.shards(), 2);
+            let ttl = Duration::from_secs(60);
+            let rec = Record::new(r#"{"u":1}"#.into(), 0);
+            let device = NewDevice::new(0, "test", "127.0.0.1".parse().unwrap());
+            for _ in 0..max * 2 {
+                let id = SessionId::random();
+                assert!(store.create(&id, &rec, ttl).await.unwrap());
+                store.join("u", &id, &device, None, 0).await.unwrap();
+            }
+            assert!(store.len() <= max);
+            // Every evicted session left the index: the user's members are exactly the
+            // sessions still held.
+            let members = store.index().member_of.len();
+            assert_eq!(members, store.len());
+            assert_eq!(store.devices("u").await.unwrap().len(), members);
+        });
     }
 }
