@@ -28,6 +28,10 @@ pub use self::raw::{
 };
 pub use crate::cidr::Cidr;
 
+/// A session's `last_seen` in its user's index is kept to within this many seconds
+/// (SPEC §13); with `session.user_field`, `store.touch_interval_sec` is at most this.
+pub const LAST_SEEN_EVERY_SEC: u64 = 60;
+
 /// A config file problem, with its location when known.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

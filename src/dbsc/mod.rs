@@ -35,6 +35,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{CookieSettings, SameSite};
 use crate::cookie::SetCookieBuilder;
 use crate::secrets::Secret;
+pub use crate::session::Binding;
 use crate::session::SessionId;
 pub use proof::{Proof, ProofError, PublicKey};
 
@@ -58,35 +59,6 @@ const TAG_BYTES: usize = 16;
 const BOUND_BYTES: usize = 8 + TAG_BYTES;
 /// Characters of a bound cookie value.
 const BOUND_TEXT_LEN: usize = 32;
-
-/// What a registered session keeps (in its [`Record`](crate::session::Record)).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Binding {
-    /// The device's public key.
-    pub key: PublicKey,
-    /// Issue time (Unix ms) of the last challenge a proof answered: later proofs must
-    /// answer a later one.
-    pub last_challenge_ms: u64,
-}
-
-impl Binding {
-    /// The byte form kept in a sealed Redis value: `last_challenge_ms` (8 bytes,
-    /// big-endian), then the key's [`to_bytes`](PublicKey::to_bytes).
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = self.last_challenge_ms.to_be_bytes().to_vec();
-        out.extend_from_slice(&self.key.to_bytes());
-        out
-    }
-
-    /// The binding [`to_bytes`](Self::to_bytes) wrote; `None` for anything else.
-    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        let (ms, key) = bytes.split_at_checked(8)?;
-        Some(Self {
-            last_challenge_ms: u64::from_be_bytes(ms.try_into().ok()?),
-            key: PublicKey::from_bytes(key)?,
-        })
-    }
-}
 
 /// What a challenge may be answered for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -428,19 +400,6 @@ mod tests {
         tampered[20] = if tampered[20] == b'A' { b'B' } else { b'A' };
         assert!(!d.bound_cookie_valid(&id, &tampered, 1_001));
         assert!(!d.bound_cookie_valid(&id, b"", 1_001));
-    }
-
-    #[test]
-    fn binding_round_trips_through_bytes() {
-        let b = Binding {
-            key: PublicKey::Rs256 {
-                n: vec![0xc1; 256].into(),
-                e: vec![1, 0, 1].into(),
-            },
-            last_challenge_ms: 42,
-        };
-        assert_eq!(Binding::from_bytes(&b.to_bytes()), Some(b));
-        assert_eq!(Binding::from_bytes(&[0; 7]), None);
     }
 
     #[test]

@@ -11,6 +11,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey};
 use serde_json::{Map, Value};
 
+pub use crate::session::PublicKey;
+
 /// Largest proof accepted, in bytes (an RS256 proof carrying a 4096-bit JWK is ~1.8 KB).
 pub const MAX_PROOF_BYTES: usize = 8192;
 /// RSA moduli accepted: 2048 to 8192 bits, as `ring`'s RSA_PKCS1_2048_8192_SHA256.
@@ -34,38 +36,7 @@ pub enum ProofError {
     Signature,
 }
 
-/// A device public key, as registered.
-#[derive(Clone, PartialEq, Eq)]
-pub enum PublicKey {
-    /// P-256, the uncompressed point `0x04 || x || y`.
-    Es256([u8; 65]),
-    /// RSA modulus and exponent, big-endian without leading zeros.
-    Rs256 {
-        /// Modulus.
-        n: Box<[u8]>,
-        /// Public exponent.
-        e: Box<[u8]>,
-    },
-}
-
-impl std::fmt::Debug for PublicKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PublicKey::Es256(_) => f.write_str("PublicKey(ES256)"),
-            PublicKey::Rs256 { n, .. } => write!(f, "PublicKey(RS256, {} bits)", n.len() * 8),
-        }
-    }
-}
-
 impl PublicKey {
-    /// The JWS algorithm this key verifies.
-    pub fn alg(&self) -> &'static str {
-        match self {
-            PublicKey::Es256(_) => "ES256",
-            PublicKey::Rs256 { .. } => "RS256",
-        }
-    }
-
     /// The key of a JWK object (`kty` EC with `crv` P-256, or RSA).
     ///
     /// # Errors
@@ -127,51 +98,6 @@ impl PublicKey {
             ),
         };
         ok.map_err(|_| ProofError::Signature)
-    }
-
-    /// A compact byte form, for the session record: `1 || point`, or
-    /// `2 || len(n) (2 bytes, big-endian) || n || e`.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        match self {
-            PublicKey::Es256(point) => {
-                let mut out = Vec::with_capacity(66);
-                out.push(1);
-                out.extend_from_slice(point);
-                out
-            }
-            PublicKey::Rs256 { n, e } => {
-                let mut out = Vec::with_capacity(3 + n.len() + e.len());
-                out.push(2);
-                out.extend_from_slice(
-                    &u16::try_from(n.len())
-                        .expect("moduli are at most 1024 bytes")
-                        .to_be_bytes(),
-                );
-                out.extend_from_slice(n);
-                out.extend_from_slice(e);
-                out
-            }
-        }
-    }
-
-    /// The key [`to_bytes`](Self::to_bytes) wrote; `None` for anything else.
-    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        match bytes.split_first()? {
-            (1, point) => Some(PublicKey::Es256(point.try_into().ok()?)),
-            (2, rest) if rest.len() > 2 => {
-                let n_len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
-                let rest = &rest[2..];
-                if rest.len() <= n_len {
-                    return None;
-                }
-                let (n, e) = rest.split_at(n_len);
-                Some(PublicKey::Rs256 {
-                    n: n.into(),
-                    e: e.into(),
-                })
-            }
-            _ => None,
-        }
     }
 }
 

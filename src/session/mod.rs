@@ -4,6 +4,7 @@
 //! Session data is kept as serialized JSON text (always an object). It is parsed only
 //! when a directive changes it or `[forward.headers]` needs a field.
 
+mod binding;
 mod lifetime;
 
 use std::cell::RefCell;
@@ -16,6 +17,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value};
 
+pub use binding::{Binding, PublicKey};
 pub use lifetime::Lifetime;
 
 /// Length of a session ID in bytes (SPEC §4).
@@ -123,7 +125,7 @@ pub struct Record {
     /// `max_auth_age_sec`); `None` for a session made by `X-Session-Update` and never Set.
     pub auth_time: Option<u64>,
     /// SPEC §16: the device key of a session registered for DBSC; `None` otherwise.
-    pub dbsc: Option<Arc<crate::dbsc::Binding>>,
+    pub dbsc: Option<Arc<Binding>>,
 }
 
 impl fmt::Debug for Record {

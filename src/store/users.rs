@@ -62,8 +62,7 @@ use crate::session::SessionId;
 pub const HANDLE_BYTES: usize = 16;
 /// Characters in a handle's text form (base64url without padding).
 pub const HANDLE_TEXT_LEN: usize = 22;
-/// A session's `last_seen` is updated at most this often (SPEC §13).
-pub const LAST_SEEN_EVERY_SEC: u64 = 60;
+pub use crate::config::LAST_SEEN_EVERY_SEC;
 /// Characters of the `User-Agent` kept as a device fact.
 pub const USER_AGENT_CHARS: usize = 200;
 

@@ -129,7 +129,7 @@ impl Validator<'_> {
         // The per-user index (SPEC §13): `last_seen` to within a minute. The Redis store
         // records it with the touch, so with `user_field` it touches at least this often.
         if session.user_field.is_some() {
-            let every = Duration::from_secs(crate::store::users::LAST_SEEN_EVERY_SEC);
+            let every = Duration::from_secs(crate::config::LAST_SEEN_EVERY_SEC);
             store.touch_interval = store.touch_interval.min(every);
         }
         let forward = self.forward(forward)?;

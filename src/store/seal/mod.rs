@@ -108,7 +108,7 @@ use hmac::{Hmac, Mac};
 use ring::aead;
 use sha2::{Digest, Sha256};
 
-use crate::dbsc::Binding;
+use crate::session::Binding;
 use crate::session::{Record, SessionId};
 
 /// The format version of a session without a device binding.

@@ -23,7 +23,7 @@ fn rec_set(data: &str) -> Record {
 /// `rec(data)` registered for DBSC (SPEC §16): sealed as format 4.
 fn rec_bound(data: &str) -> Record {
     Record {
-        dbsc: Some(Arc::new(crate::dbsc::Binding {
+        dbsc: Some(Arc::new(crate::session::Binding {
             key: crate::dbsc::PublicKey::Es256([7; 65]),
             last_challenge_ms: 1_700_000_000_123,
         })),
@@ -44,14 +44,14 @@ fn a_bound_record_seals_as_format_4_and_round_trips() {
     assert_eq!(keys.seal(&plain)[0], FORMAT_VERSION);
     // The header (what the compare-and-set compares) tells every binding change apart.
     let later = Record {
-        dbsc: Some(Arc::new(crate::dbsc::Binding {
+        dbsc: Some(Arc::new(crate::session::Binding {
             last_challenge_ms: 1_700_000_000_124,
             ..(**r.dbsc.as_ref().unwrap()).clone()
         })),
         ..r.clone()
     };
     let other_key = Record {
-        dbsc: Some(Arc::new(crate::dbsc::Binding {
+        dbsc: Some(Arc::new(crate::session::Binding {
             key: crate::dbsc::PublicKey::Es256([8; 65]),
             ..(**r.dbsc.as_ref().unwrap()).clone()
         })),
@@ -306,7 +306,7 @@ proptest! {
         let dbsc = bound.map(|(last_challenge_ms, bytes)| {
             let mut point = [4u8; 65];
             point[1..33].copy_from_slice(&bytes);
-            Arc::new(crate::dbsc::Binding {
+            Arc::new(crate::session::Binding {
                 key: crate::dbsc::PublicKey::Es256(point),
                 last_challenge_ms,
             })
