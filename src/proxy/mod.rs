@@ -23,6 +23,7 @@ mod request;
 mod response;
 mod route;
 mod upgrades;
+mod users;
 
 pub use upgrades::Upgrades;
 

@@ -10,12 +10,13 @@ use http::header::{self, HeaderMap, HeaderValue};
 use serde_json::{Map, Value};
 use tracing::warn;
 
+use super::users::device_facts;
 use super::{CookieOut, Ctx, DeviceSeen, Gate, Lookup};
 use crate::error::GateError;
 use crate::metrics::{DestroyReason, StoreOp};
 use crate::protocol::{self, Destroy, DirectiveError, Directives};
 use crate::session::{Record, SessionId, merge_object};
-use crate::store::users::{Handle, Joined, NewDevice, UserIndex, user_in};
+use crate::store::users::{Handle, UserIndex};
 use crate::store::{Cas, SessionStore, StoreError};
 use crate::telemetry::Outcome;
 
@@ -293,71 +294,6 @@ impl Gate {
         Ok((CookieOut::Set(new_id), Some(Outcome::Created)))
     }
 
-    /// The user `data` names, when `session.user_field` is set (SPEC §13).
-    fn user_of(&self, data: &str) -> Option<String> {
-        let field = self.user_field.as_deref()?;
-        user_in(&parse_data(data), field)
-    }
-
-    /// Destroys `id` (of `user`, if indexed): the record, then its place in the index.
-    async fn destroy(&self, id: &SessionId, user: Option<&str>) -> Result<(), GateError> {
-        self.timed(StoreOp::delete, self.store.delete(id)).await?;
-        self.close_upgrades(id);
-        if let Some(user) = user {
-            self.leave(user, id).await;
-        }
-        Ok(())
-    }
-
-    /// Takes `id` out of `user`'s index. The record is already gone or no longer names
-    /// the user, so a failure leaves a stale entry that names nothing live: logged only.
-    async fn leave(&self, user: &str, id: &SessionId) {
-        if let Err(e) = self.timed(StoreOp::index, self.store.leave(user, id)).await {
-            warn!(error = %e, "could not remove a session from its user's index");
-        }
-    }
-
-    /// Makes `id` a member of `user`'s index. False when the session it replaces was
-    /// revoked meanwhile (SPEC §13); sessions past `max_per_user` are ended and counted.
-    async fn join(
-        &self,
-        user: &str,
-        id: &SessionId,
-        device: &NewDevice,
-        replacing: Option<(&str, SessionId)>,
-    ) -> Result<bool, GateError> {
-        let replacing = replacing.as_ref().map(|(u, old)| (*u, old));
-        let joined = self
-            .timed(
-                StoreOp::index,
-                self.store
-                    .join(user, id, device, replacing, self.max_per_user),
-            )
-            .await?;
-        match joined {
-            Joined::Member { evicted } => {
-                if !evicted.is_empty() {
-                    self.metrics
-                        .destroyed(DestroyReason::limit, evicted.len() as u64);
-                    self.upgrades.ended(&evicted);
-                }
-                Ok(true)
-            }
-            Joined::SourceGone => Ok(false),
-        }
-    }
-
-    /// Ends every session of `user` but `keep`, counting them as revoked.
-    async fn revoke(&self, user: &str, keep: Option<&SessionId>) -> Result<Vec<Handle>, GateError> {
-        let ended = self
-            .timed(StoreOp::index, self.store.revoke(user, keep))
-            .await?;
-        self.metrics
-            .destroyed(DestroyReason::revoke, ended.len() as u64);
-        self.upgrades.ended(&ended);
-        Ok(ended)
-    }
-
     /// Set (without regeneration) or Update on the current session, keeping its ID.
     /// A compare-and-set loop, so concurrent updates are merged, never lost, and a
     /// concurrent Destroy wins. `data` is the result already computed for `expected`.
@@ -432,32 +368,6 @@ impl Gate {
         )))
     }
 
-    /// After an in-place change from `before` to `after`: when the user the data names
-    /// changed, the session leaves the old user's index and joins the new one's.
-    async fn reindex(
-        &self,
-        id: &SessionId,
-        before: &Record,
-        after: &Record,
-        device: Option<&DeviceSeen>,
-    ) -> Result<(), GateError> {
-        if self.user_field.is_none() {
-            return Ok(());
-        }
-        let (old, new) = (self.user_of(&before.data), self.user_of(&after.data));
-        if old == new {
-            return Ok(());
-        }
-        if let Some(old) = &old {
-            self.leave(old, id).await;
-        }
-        if let Some(new) = &new {
-            self.join(new, id, &device_facts(after.created, device), None)
-                .await?;
-        }
-        Ok(())
-    }
-
     /// The session data after `d`'s Set and Update, starting from `current` data (none
     /// for a new session), serialized and checked against `max_bytes`.
     fn new_data(&self, d: &Directives, current: Option<&str>) -> Result<String, DirectiveError> {
@@ -516,23 +426,8 @@ impl Gate {
     }
 }
 
-/// The device facts of a session created at `created` by the request `seen` describes.
-fn device_facts(created: u64, seen: Option<&DeviceSeen>) -> NewDevice {
-    match seen {
-        Some(seen) => NewDevice::new(
-            created,
-            seen.user_agent
-                .as_ref()
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default(),
-            seen.ip,
-        ),
-        None => NewDevice::new(created, "", std::net::Ipv4Addr::UNSPECIFIED.into()),
-    }
-}
-
 /// Stored session data as a map. It is always an object we serialized ourselves; a
 /// corrupt value (impossible short of a foreign writer) reads as empty.
-fn parse_data(data: &str) -> Map<String, Value> {
+pub(super) fn parse_data(data: &str) -> Map<String, Value> {
     serde_json::from_str(data).unwrap_or_default()
 }
