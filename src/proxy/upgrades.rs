@@ -21,11 +21,15 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use super::Gate;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt as _;
+
+use super::{Ctx, Gate, Lookup};
 use crate::metrics::StoreOp;
 use crate::session::{SessionId, unix_now};
 use crate::store::users::Handle;
 use crate::store::{SessionStore, StoreError};
+use http::header;
 
 /// The upgraded connections open through this proxy, by session. Cheap to clone: clones
 /// share one registry.
@@ -227,6 +231,76 @@ impl Gate {
                 _ => tokio::time::sleep(Duration::from_secs(self.revalidate_sec)).await,
             }
         }
+    }
+}
+
+/// How long closing an upgraded connection for its session's end may take to say goodbye
+/// (TLS `close_notify`, FIN) before both connections are dropped anyway.
+const UPGRADE_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+impl Gate {
+    /// The session an upgraded connection belongs to: the one the client holds once the
+    /// 101 is sent. That is the cookie the response sets (a Set on the 101 itself), none
+    /// when it clears it, and otherwise the session the request carried.
+    pub(super) fn upgraded_session(
+        &self,
+        ctx: &Ctx,
+        headers: &http::HeaderMap,
+    ) -> Option<SessionId> {
+        let name = self.cookie_name.as_bytes();
+        // Only the proxy's own `Set-Cookie` for our name is left (phase 3 drops upstream ones).
+        let set = headers.get_all(header::SET_COOKIE).iter().find_map(|v| {
+            let value = v.as_bytes().strip_prefix(name)?.strip_prefix(b"=")?;
+            value.split(|b| *b == b';').next()
+        });
+        match (set, &ctx.lookup) {
+            (Some(value), _) => self.codec.verify(value).map(|v| v.id),
+            (None, Lookup::Active { id, .. }) => Some(*id),
+            (None, _) => None,
+        }
+    }
+
+    /// Joins the client's and the upstream's upgraded connections. One opened with a
+    /// session (registered as `session`) is closed, both ways, when that session ends.
+    pub(super) async fn bridge(
+        self: Arc<Self>,
+        client: hyper::upgrade::OnUpgrade,
+        upstream: hyper::upgrade::OnUpgrade,
+        session: Option<(SessionId, Registration)>,
+    ) {
+        let (c, u) = match tokio::try_join!(client, upstream) {
+            Ok(pair) => pair,
+            Err(e) => return debug!(error = %e, "upgrade did not complete"),
+        };
+        let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+        let copy = tokio::io::copy_bidirectional(&mut c, &mut u);
+        let Some((id, mut registration)) = session else {
+            if let Err(e) = copy.await {
+                debug!(error = %e, "upgraded connection ended");
+            }
+            return;
+        };
+        let end = tokio::select! {
+            copied = copy => {
+                if let Err(e) = copied {
+                    debug!(error = %e, "upgraded connection ended");
+                }
+                return;
+            }
+            _ = &mut registration.closed => SessionEnd::Ended,
+            end = self.watch_session(&id) => end,
+        };
+        drop(registration);
+        info!(
+            reason = end.as_str(),
+            "closing an upgraded connection: its session ended"
+        );
+        // Both ways: the client and the upstream each see their connection close. A
+        // WebSocket close frame would need the proxy to parse the stream; it does not.
+        let _ = tokio::time::timeout(UPGRADE_CLOSE_GRACE, async {
+            let _ = tokio::join!(c.shutdown(), u.shutdown());
+        })
+        .await;
     }
 }
 
