@@ -11,9 +11,12 @@
 //! With `server.runtime = "per-core"` every thread reads this one store, so the sessions are
 //! split over up to `MAX_SHARDS` (16) maps, each behind its own lock, by the first byte of
 //! the session ID (uniformly random: only IDs the proxy minted and signed reach the store).
-//! Each shard holds `max_sessions / shards` entries and evicts its own least recently used,
-//! so eviction is LRU per shard, not across the store. A store of fewer than
-//! `MIN_PER_SHARD` (4,096) sessions per shard keeps one shard: an exact LRU.
+//! One count of the sessions held, shared by the shards, bounds the store: a create that
+//! takes it past `max_sessions` evicts the least recently used entry of the shard it went
+//! into, so the store holds `max_sessions` sessions before it evicts any (not fewer, as
+//! shards of a fixed `max_sessions / shards` each would, the fullest evicting first), and
+//! eviction is LRU per shard, not across the store. A store of fewer than `MIN_PER_SHARD`
+//! (4,096) sessions per shard keeps one shard: an exact LRU.
 //!
 //! # The index and its lock order
 //!
@@ -24,6 +27,7 @@
 //! after they released it. Never the other way round, so no two callers wait on each other.
 
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -50,7 +54,46 @@ struct Entry {
     seen: Instant,
 }
 
-type Shard = LruCache<SessionId, Entry>;
+/// One shard's map, locked, with the store's count of sessions held: every insert and
+/// removal goes through here, so the count stays exact.
+struct Shard<'a> {
+    map: MutexGuard<'a, LruCache<SessionId, Entry>>,
+    held: &'a AtomicUsize,
+}
+
+impl Shard<'_> {
+    fn get_mut(&mut self, id: &SessionId) -> Option<&mut Entry> {
+        self.map.get_mut(id)
+    }
+
+    fn peek(&self, id: &SessionId) -> Option<&Entry> {
+        self.map.peek(id)
+    }
+
+    fn pop(&mut self, id: &SessionId) -> Option<Entry> {
+        let e = self.map.pop(id);
+        if e.is_some() {
+            self.held.fetch_sub(1, Ordering::Relaxed);
+        }
+        e
+    }
+
+    /// Pops the least recently used entry, unless it is `keep`.
+    fn pop_lru_unless(&mut self, keep: Option<&SessionId>) -> Option<(SessionId, Entry)> {
+        if keep.is_some() && self.map.peek_lru().map(|(id, _)| id) == keep {
+            return None;
+        }
+        let e = self.map.pop_lru();
+        if e.is_some() {
+            self.held.fetch_sub(1, Ordering::Relaxed);
+        }
+        e
+    }
+
+    fn lru_expired(&self, now: Instant) -> bool {
+        self.map.peek_lru().is_some_and(|(_, e)| e.expires <= now)
+    }
+}
 
 /// Sessions that ended without the proxy ending them, by reason (SPEC §13 metrics).
 #[derive(Debug, Default, Clone)]
@@ -69,7 +112,10 @@ enum Gone {
 /// The in-memory store. Cloning shares the same entries.
 #[derive(Clone)]
 pub struct MemoryStore {
-    shards: Arc<[Mutex<Shard>]>,
+    shards: Arc<[Mutex<LruCache<SessionId, Entry>>]>,
+    /// Entries held, in all shards together.
+    held: Arc<AtomicUsize>,
+    max: usize,
     index: Arc<Mutex<Index>>,
     ended: Ended,
 }
@@ -94,9 +140,16 @@ impl MemoryStore {
     pub fn new(max_sessions: usize) -> Self {
         let max = max_sessions.max(1);
         let count = (max / MIN_PER_SHARD).clamp(1, MAX_SHARDS);
-        let cap = NonZeroUsize::new(max / count).unwrap_or(NonZeroUsize::MIN);
+        // A shard's table is sized (and capped) at its share and an eighth: IDs spread
+        // uniformly, so a shard of at least 4,096 entries holds that much more than its
+        // share with a chance far below 10^-9; the count above is what bounds the store.
+        let share = max / count;
+        let cap = if count == 1 { max } else { share + share / 8 };
+        let cap = NonZeroUsize::new(cap).unwrap_or(NonZeroUsize::MIN);
         Self {
             shards: (0..count).map(|_| Mutex::new(LruCache::new(cap))).collect(),
+            held: Arc::default(),
+            max,
             index: Arc::default(),
             ended: Ended::default(),
         }
@@ -111,7 +164,7 @@ impl MemoryStore {
 
     /// Number of entries held, expired ones not yet reclaimed included.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).len()).sum()
+        self.held.load(Ordering::Relaxed)
     }
 
     /// True when no entry is held.
@@ -124,8 +177,11 @@ impl MemoryStore {
         self.shards.len()
     }
 
-    fn shard(&self, id: &SessionId) -> MutexGuard<'_, Shard> {
-        lock(&self.shards[usize::from(id.as_bytes()[0]) % self.shards.len()])
+    fn shard(&self, id: &SessionId) -> Shard<'_> {
+        Shard {
+            map: lock(&self.shards[usize::from(id.as_bytes()[0]) % self.shards.len()]),
+            held: &self.held,
+        }
     }
 
     fn index(&self) -> MutexGuard<'_, Index> {
@@ -133,15 +189,13 @@ impl MemoryStore {
     }
 
     /// Pops up to [`RECLAIM_PER_WRITE`] expired entries from `shard`'s LRU end into `gone`.
-    fn reclaim(shard: &mut Shard, now: Instant, gone: &mut Vec<(SessionId, Gone)>) {
+    fn reclaim(shard: &mut Shard<'_>, now: Instant, gone: &mut Vec<(SessionId, Gone)>) {
         for _ in 0..RECLAIM_PER_WRITE {
-            match shard.peek_lru() {
-                Some((_, e)) if e.expires <= now => {
-                    if let Some((id, _)) = shard.pop_lru() {
-                        gone.push((id, Gone::Expired));
-                    }
-                }
-                _ => break,
+            if !shard.lru_expired(now) {
+                break;
+            }
+            if let Some((id, _)) = shard.pop_lru_unless(None) {
+                gone.push((id, Gone::Expired));
             }
         }
     }
@@ -204,25 +258,36 @@ impl SessionStore for MemoryStore {
             expires: now + ttl,
             seen: now,
         };
-        // One lookup: `push` hands back what it displaced, an evicted LRU entry or a live
-        // session under this very ID, which (a collision) is put back untouched.
-        let created = match shard.push(*id, entry) {
+        let gone_as = |old: &Entry| {
+            if old.expires > now {
+                Gone::Evicted
+            } else {
+                Gone::Expired
+            }
+        };
+        // One lookup: `push` hands back what it displaced, a live session under this very
+        // ID, which (a collision) is put back untouched, or, from a shard at its table's
+        // cap, its least recently used entry.
+        let created = match shard.map.push(*id, entry) {
             Some((displaced, old)) if displaced == *id && old.expires > now => {
-                shard.push(displaced, old);
+                shard.map.push(displaced, old);
                 false
             }
             Some((displaced, old)) => {
                 if displaced != *id {
-                    let why = if old.expires > now {
-                        Gone::Evicted
-                    } else {
-                        Gone::Expired
-                    };
-                    gone.push((displaced, why));
+                    gone.push((displaced, gone_as(&old)));
                 }
                 true
             }
-            None => true,
+            None => {
+                // One more held: past `max`, this shard's least recently used goes.
+                if shard.held.fetch_add(1, Ordering::Relaxed) >= self.max
+                    && let Some((evicted, old)) = shard.pop_lru_unless(Some(id))
+                {
+                    gone.push((evicted, gone_as(&old)));
+                }
+                true
+            }
         };
         drop(shard);
         self.forget(&gone);
@@ -303,6 +368,36 @@ mod tests {
             store.create(&ids[2], &rec, ttl).await.unwrap();
             assert!(store.load(&ids[1], ttl).await.unwrap().is_none());
             assert!(store.load(&ids[0], ttl).await.unwrap().is_some());
+        });
+    }
+
+    #[test]
+    fn a_sharded_store_holds_max_sessions_before_it_evicts_one() {
+        run(async {
+            let max = MIN_PER_SHARD * 4;
+            let (expired, evicted) = (Counter::default(), Counter::default());
+            let store = MemoryStore::new(max).counting(expired, evicted.clone());
+            assert_eq!(store.shards(), 4);
+            let ttl = Duration::from_secs(60);
+            let rec = Record::new("{}".into(), 0);
+            let ids: Vec<SessionId> = (0..max).map(|_| SessionId::random()).collect();
+            for id in &ids {
+                assert!(store.create(id, &rec, ttl).await.unwrap());
+            }
+            assert_eq!(store.len(), max);
+            assert_eq!(evicted.get(), 0);
+            for id in &ids {
+                assert!(store.load(id, ttl).await.unwrap().is_some());
+            }
+            // One more: one goes, and it is not the new one.
+            let last = SessionId::random();
+            assert!(store.create(&last, &rec, ttl).await.unwrap());
+            assert_eq!((store.len(), evicted.get()), (max, 1));
+            assert!(store.load(&last, ttl).await.unwrap().is_some());
+            // A delete frees a place: the next create evicts nothing.
+            store.delete(&last).await.unwrap();
+            assert!(store.create(&SessionId::random(), &rec, ttl).await.unwrap());
+            assert_eq!((store.len(), evicted.get()), (max, 1));
         });
     }
 
