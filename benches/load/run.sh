@@ -18,6 +18,11 @@
 # interleaved with the others, with the paired CPU difference to "sessiongate"; BASELINE_BIN
 # runs with its own default runtime). SERVER_CPU=0 LOAD_CPU=1 (taskset lists: with THREADS > 1,
 # e.g. SERVER_CPU=0,1 lets the threads run on two CPUs, sharing them with wrk).
+# REDIS_CPU= (taskset list of redis-server; default SERVER_CPU, the proxy's CPU. REDIS_CPU=1
+# puts it beside wrk instead, as Redis on a host of its own takes nothing from the proxy's.)
+# RATE= (requests per second: every measured run is `oha -q RATE --latency-correction`
+# with CONNS connections instead of wrk at saturation, so CPU per request and p99 compare
+# at one fixed load; needs oha, `cargo install oha`. Warm-up and preload still use wrk.)
 #
 # What runs, all on 127.0.0.1 and stopped on exit:
 # - upstream: nginx, one worker; `/` and `/login` (which answers `X-Session-Set:
@@ -26,7 +31,8 @@
 #   upstream pool, X-Forwarded-*, and access_log off.
 # - sessiongate: the release binary, threads = THREADS (1), memory store, RUST_LOG=warn, so it
 #   writes no access log either (the same choice as nginx-plain).
-# - wrk -t1 -cCONNS --latency is pinned to CPU 1; every server is pinned to CPU 0.
+# - wrk -t1 -cCONNS --latency (or oha, with RATE) is pinned to CPU 1; every server is pinned
+#   to CPU 0 (redis-server too, unless REDIS_CPU).
 #
 # Scenarios: S1 anonymous GET /; S2 GET / with a valid session cookie (nginx-plain gets the
 # same Cookie header and passes it on); S3 GET /login, a new session on every request
@@ -69,6 +75,12 @@ for r in "${RUNTIMES[@]}"; do
 done
 SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
+REDIS_CPU=${REDIS_CPU:-$SERVER_CPU}
+RATE=${RATE:-}
+[[ "$RATE" =~ ^[0-9]*$ ]] || { echo "run.sh: RATE takes a number of requests per second" >&2; exit 2; }
+
+LOAD_DESC="wrk -t1 -c$CONNS"
+[ -z "$RATE" ] || LOAD_DESC="oha -c$CONNS at a fixed $RATE req/s (latency corrected)"
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -91,6 +103,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 command -v taskset >/dev/null 2>&1 || die "taskset (util-linux) is required"
+[ -z "$RATE" ] || command -v oha >/dev/null 2>&1 || die "RATE needs oha (cargo install oha)"
 [ "$(nproc)" -ge 2 ] || die "needs at least 2 CPUs (servers on CPU $SERVER_CPU, wrk on CPU $LOAD_CPU)"
 CLK_TCK=$(getconf CLK_TCK)
 
@@ -217,17 +230,38 @@ run_wrk() {
     shift 6
     local out="$TMP/wrk-$scenario-$target-$round.txt" hdr=() user0 before user1 after
     [ -n "$cookie" ] && hdr=(-H "Cookie: $cookie")
-    read -r user0 before < <(cpu_ticks "$@")
-    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${hdr[@]}" \
-        "http://127.0.0.1:$port$path" >"$out" 2>&1 || die "wrk failed: $(cat "$out")"
-    read -r user1 after < <(cpu_ticks "$@")
     local rps reqs p50 p99 errors
-    rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
-    reqs=$(awk '/requests in/ {print $1}' "$out")
-    p50=$(to_us "$(awk '$1 == "50%" {print $2}' "$out")")
-    p99=$(to_us "$(awk '$1 == "99%" {print $2}' "$out")")
-    errors=$(awk '/Non-2xx or 3xx/ {n += $NF} /Socket errors/ {
-        for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) n += $i } END {print n + 0}' "$out")
+    if [ -n "$RATE" ]; then
+        read -r user0 before < <(cpu_ticks "$@")
+        taskset -c "$LOAD_CPU" oha --no-tui --output-format json -z "${DURATION}s" -c "$CONNS" \
+            -q "$RATE" --latency-correction "${hdr[@]}" "http://127.0.0.1:$port$path" \
+            >"$out" 2>"$out.err" || die "oha failed: $(cat "$out.err")"
+        read -r user1 after < <(cpu_ticks "$@")
+        # requests/s, requests answered, p50 and p99 in us, requests not answered 2xx/3xx.
+        read -r rps reqs p50 p99 errors < <(python3 - "$out" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+codes = {int(k): v for k, v in r.get("statusCodeDistribution", {}).items()}
+answered = sum(codes.values())
+# Requests still in flight when the run ends are "aborted due to deadline": not errors.
+errs = r.get("errorDistribution", {})
+bad = sum(v for k, v in codes.items() if k >= 400) + sum(v for k, v in errs.items() if "deadline" not in k)
+lat = r["latencyPercentiles"]
+print("%.1f" % r["summary"]["requestsPerSec"], answered, lat["p50"] * 1e6, lat["p99"] * 1e6, bad)
+PY
+        )
+    else
+        read -r user0 before < <(cpu_ticks "$@")
+        taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${hdr[@]}" \
+            "http://127.0.0.1:$port$path" >"$out" 2>&1 || die "wrk failed: $(cat "$out")"
+        read -r user1 after < <(cpu_ticks "$@")
+        rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
+        reqs=$(awk '/requests in/ {print $1}' "$out")
+        p50=$(to_us "$(awk '$1 == "50%" {print $2}' "$out")")
+        p99=$(to_us "$(awk '$1 == "99%" {print $2}' "$out")")
+        errors=$(awk '/Non-2xx or 3xx/ {n += $NF} /Socket errors/ {
+            for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) n += $i } END {print n + 0}' "$out")
+    fi
     local cpu_us user_us
     cpu_us=$(us_per_req $((after - before)) "$reqs")
     user_us=$(us_per_req $((user1 - user0)) "$reqs")
@@ -323,7 +357,7 @@ fi
 
 log "machine: $(nproc) CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
 log "upstream :$UPSTREAM_PORT  nginx-plain :$PROXY_PORT  sessiongate :$GATE_PORT (pid $GATE_MAIN)"
-log "rounds $ROUNDS x ${DURATION}s, wrk -t1 -c$CONNS, servers on CPU $SERVER_CPU, wrk on CPU $LOAD_CPU"
+log "rounds $ROUNDS x ${DURATION}s, $LOAD_DESC, servers on CPU $SERVER_CPU, load on CPU $LOAD_CPU, redis-server on CPU $REDIS_CPU"
 log "sessiongate: threads = $THREADS, runtime = ${RUNTIMES[0]}${RUNTIMES[1]:+ (and ${RUNTIMES[*]:1})}"
 
 for t in "$PROXY_PORT" "$GATE_PORT"; do
@@ -366,7 +400,7 @@ if [ "$REDIS" != 1 ] || ! command -v redis-server >/dev/null 2>&1; then
     REDIS_NOTE="S2-redis: skipped (redis-server not installed, or REDIS=0)"
 else
     free_port REDIS_PORT
-    taskset -c "$SERVER_CPU" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' \
+    taskset -c "$REDIS_CPU" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' \
         --appendonly no --daemonize no --dir "$TMP" >"$TMP/redis.log" 2>&1 &
     REDIS_PID=$!
     PIDS+=("$REDIS_PID")
@@ -463,7 +497,7 @@ echo
 REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml 2>/dev/null || REV="$REV+local changes"
 echo "sessiongate load benchmark, $(date -u +%Y-%m-%d), commit $REV, $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)),"
-echo "median of $ROUNDS rounds x ${DURATION}s, wrk -t1 -c$CONNS on CPU $LOAD_CPU, servers on CPU $SERVER_CPU, no access logs."
+echo "median of $ROUNDS rounds x ${DURATION}s, $LOAD_DESC on CPU $LOAD_CPU, servers on CPU $SERVER_CPU, redis-server on CPU $REDIS_CPU, no access logs."
 echo "sessiongate threads = $THREADS, runtime = ${RUNTIMES[0]}; rt-<runtime> rows: the same build with that server.runtime."
 echo "CPU us/req is the proxy process only, 'user' its user-space part (the rest is the kernel's)."
 echo "'vs nginx' = sessiongate / nginx-plain (req/s, p99, CPU)."
