@@ -18,96 +18,43 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use sessiongate::config::{OnError, StoreKind, StoreSettings};
+use sessiongate::config::StoreSettings;
 use sessiongate::session::{Record, SessionId};
 use sessiongate::store::seal::{CorruptRecord, SessionKeys};
 use sessiongate::store::{Cas, MemoryStore, RedisStore, SessionStore, Store, StoreError};
 use sha2::Digest as _;
-use support::redis_sentinel::SentinelGroup;
-use support::redis_server::{RedisCluster, RedisServer};
+use support::redis_server::RedisServer;
+use support::stores::{Fixture, Redis};
 
 const NAMESPACE: &str = "conformance:";
 const LONG: Duration = Duration::from_secs(60);
 const SHORT: Duration = Duration::from_secs(1);
 
-/// A store under test and, for Redis, the servers behind it, to look at what it wrote.
-struct Fixture {
-    store: Store,
-    redis: Redis,
-}
-
-enum Redis {
-    None,
-    Server(RedisServer),
-    Cluster(RedisCluster),
-    /// Sentinel: the store writes to `nodes[0]`, the master (no failover here).
-    Sentinel(SentinelGroup),
-}
-
-fn settings(url: String, cluster: Vec<String>) -> StoreSettings {
-    StoreSettings {
-        kind: StoreKind::Redis,
-        max_sessions: 1,
-        url,
-        cluster,
-        timeout: Duration::from_secs(2),
-        on_error: OnError::Fail,
-        require_on_start: false,
-        sentinel: Vec::new(),
-        sentinel_master: "mymaster".into(),
-        touch_interval: Duration::from_secs(1),
-        local_cache: 0,
-    }
-}
-
 fn memory_store() -> Option<Fixture> {
-    Some(Fixture {
-        store: Store::Memory(MemoryStore::new(1000)),
-        redis: Redis::None,
-    })
+    Fixture::memory(MemoryStore::new(1000))
 }
 
 /// A memory store large enough to be split over shards (one lock each).
 fn sharded_memory_store() -> Option<Fixture> {
     let store = MemoryStore::new(1_000_000);
     assert!(store.shards() > 1);
-    Some(Fixture {
-        store: Store::Memory(store),
-        redis: Redis::None,
-    })
+    Fixture::memory(store)
+}
+
+fn open(settings: &StoreSettings) -> Store {
+    Store::Redis(RedisStore::open(settings, NAMESPACE).unwrap())
 }
 
 fn redis_store() -> Option<Fixture> {
-    let server = RedisServer::start()?;
-    let store = RedisStore::open(&settings(server.url(), Vec::new()), NAMESPACE).unwrap();
-    Some(Fixture {
-        store: Store::Redis(store),
-        redis: Redis::Server(server),
-    })
+    Fixture::redis(open)
 }
 
 fn cluster_store() -> Option<Fixture> {
-    let cluster = RedisCluster::start()?;
-    let store = RedisStore::open(
-        &settings("redis://127.0.0.1:1".into(), cluster.urls()),
-        NAMESPACE,
-    )
-    .unwrap();
-    Some(Fixture {
-        store: Store::Redis(store),
-        redis: Redis::Cluster(cluster),
-    })
+    Fixture::cluster(open)
 }
 
 fn sentinel_store() -> Option<Fixture> {
-    let group = SentinelGroup::start_with(1)?;
-    let mut settings = settings("redis://127.0.0.1:1".into(), Vec::new());
-    settings.sentinel = group.urls();
-    let store = RedisStore::open(&settings, NAMESPACE).unwrap();
-    Some(Fixture {
-        store: Store::Redis(store),
-        redis: Redis::Sentinel(group),
-    })
+    Fixture::sentinel(open)
 }
 
 impl Fixture {
@@ -115,20 +62,6 @@ impl Fixture {
     fn key(id: &SessionId) -> String {
         let hash = sha2::Sha256::digest(id.encode().as_str().as_bytes());
         format!("{NAMESPACE}{}", URL_SAFE_NO_PAD.encode(hash))
-    }
-
-    fn is_redis(&self) -> bool {
-        !matches!(self.redis, Redis::None)
-    }
-
-    /// Runs `cmd` on the Redis behind the store (`None` for memory).
-    fn query<T: ::redis::FromRedisValue>(&self, cmd: &::redis::Cmd) -> Option<T> {
-        match &self.redis {
-            Redis::None => None,
-            Redis::Server(s) => Some(cmd.query(&mut s.connection()).unwrap()),
-            Redis::Cluster(c) => Some(cmd.query(&mut c.connection()).unwrap()),
-            Redis::Sentinel(g) => Some(cmd.query(&mut g.nodes[0].connection()).unwrap()),
-        }
     }
 
     /// The raw stored value of `id` (`None` for memory).
@@ -158,14 +91,8 @@ impl Fixture {
 
     /// Every key and value in Redis, from a `SCAN` of each server (`None` for memory).
     fn dump(&self) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
-        let servers: Vec<&RedisServer> = match &self.redis {
-            Redis::None => return None,
-            Redis::Server(s) => vec![s],
-            Redis::Cluster(c) => c.nodes.iter().collect(),
-            Redis::Sentinel(g) => vec![&g.nodes[0]],
-        };
-        let all = servers.into_iter().flat_map(RedisServer::dump).collect();
-        Some(all)
+        let servers = self.is_redis().then(|| self.servers())?;
+        Some(servers.into_iter().flat_map(RedisServer::dump).collect())
     }
 
     /// True while the entry lives; never writes or slides it (see the module docs).

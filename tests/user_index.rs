@@ -16,84 +16,38 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use sessiongate::config::{OnError, StoreKind, StoreSettings};
+use sessiongate::config::StoreSettings;
 use sessiongate::session::{Record, SessionId};
 use sessiongate::store::seal::SessionKeys;
 use sessiongate::store::users::{Handle, Joined, NewDevice, UserIndex};
 use sessiongate::store::{MemoryStore, RedisStore, SessionStore, Store};
 use sha2::Digest as _;
-use support::redis_sentinel::SentinelGroup;
-use support::redis_server::{RedisCluster, RedisServer};
+use support::redis_server::RedisServer;
+use support::stores::{Fixture, Redis, redis_settings};
 
 const NAMESPACE: &str = "users:";
 const FIELD: &str = "userId";
 const LONG: Duration = Duration::from_secs(60);
-
-struct Fixture {
-    store: Store,
-    redis: Redis,
-}
-
-enum Redis {
-    None,
-    Server(RedisServer),
-    Cluster(RedisCluster),
-    /// The store writes to `nodes[0]`, the master (no failover here).
-    Sentinel(SentinelGroup),
-}
-
-fn settings(url: String, cluster: Vec<String>) -> StoreSettings {
-    StoreSettings {
-        kind: StoreKind::Redis,
-        max_sessions: 1,
-        url,
-        cluster,
-        timeout: Duration::from_secs(2),
-        on_error: OnError::Fail,
-        require_on_start: false,
-        sentinel: Vec::new(),
-        sentinel_master: "mymaster".into(),
-        touch_interval: Duration::from_secs(1),
-        local_cache: 0,
-    }
-}
 
 fn indexed(settings: &StoreSettings) -> Store {
     Store::Redis(RedisStore::open_indexed(settings, NAMESPACE, FIELD, LONG).unwrap())
 }
 
 fn memory_store() -> Option<Fixture> {
-    Some(Fixture {
-        // Large enough to be split over shards: the index has its own lock.
-        store: Store::Memory(MemoryStore::new(1_000_000)),
-        redis: Redis::None,
-    })
+    // Large enough to be split over shards: the index has its own lock.
+    Fixture::memory(MemoryStore::new(1_000_000))
 }
 
 fn redis_store() -> Option<Fixture> {
-    let server = RedisServer::start()?;
-    Some(Fixture {
-        store: indexed(&settings(server.url(), Vec::new())),
-        redis: Redis::Server(server),
-    })
+    Fixture::redis(indexed)
 }
 
 fn cluster_store() -> Option<Fixture> {
-    let cluster = RedisCluster::start()?;
-    Some(Fixture {
-        store: indexed(&settings("redis://127.0.0.1:1".into(), cluster.urls())),
-        redis: Redis::Cluster(cluster),
-    })
+    Fixture::cluster(indexed)
 }
 
 fn sentinel_store() -> Option<Fixture> {
-    let group = SentinelGroup::start_with(1)?;
-    let mut settings = settings("redis://127.0.0.1:1".into(), Vec::new());
-    settings.sentinel = group.urls();
-    Some(Fixture {
-        store: indexed(&settings),
-        redis: Redis::Sentinel(group),
-    })
+    Fixture::sentinel(indexed)
 }
 
 fn record(user: &str) -> Record {
@@ -136,12 +90,7 @@ impl Fixture {
 
     /// Every key and value on every Redis server (`None` for memory), whatever the type.
     fn dump(&self) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
-        let servers: Vec<&RedisServer> = match &self.redis {
-            Redis::None => return None,
-            Redis::Server(s) => vec![s],
-            Redis::Cluster(c) => c.nodes.iter().collect(),
-            Redis::Sentinel(g) => vec![&g.nodes[0]],
-        };
+        let servers = self.is_redis().then(|| self.servers())?;
         let mut all = Vec::new();
         for server in servers {
             let mut conn = server.connection();
@@ -536,18 +485,13 @@ fn record_key(id: &SessionId) -> String {
 
 impl Fixture {
     /// Runs `cmd` on the Redis behind the store.
-    fn query<T: ::redis::FromRedisValue>(&self, cmd: &::redis::Cmd) -> T {
-        match &self.redis {
-            Redis::None => panic!("a case for Redis"),
-            Redis::Server(s) => cmd.query(&mut s.connection()).unwrap(),
-            Redis::Cluster(c) => cmd.query(&mut c.connection()).unwrap(),
-            Redis::Sentinel(g) => cmd.query(&mut g.nodes[0].connection()).unwrap(),
-        }
+    fn on_redis<T: ::redis::FromRedisValue>(&self, cmd: &::redis::Cmd) -> T {
+        self.query(cmd).expect("a case for Redis")
     }
 
     fn score(&self, user: &str, id: &SessionId) -> Option<f64> {
         let (members, _) = index_keys(user);
-        self.query(
+        self.on_redis(
             ::redis::cmd("ZSCORE")
                 .arg(members)
                 .arg(Handle::of(id).to_string()),
@@ -555,7 +499,7 @@ impl Fixture {
     }
 
     fn ttl(&self, key: &str) -> i64 {
-        self.query(::redis::cmd("TTL").arg(key))
+        self.on_redis(::redis::cmd("TTL").arg(key))
     }
 }
 
@@ -571,14 +515,14 @@ async fn the_index_expires_and_is_refreshed_before_each_touch(fx: &Fixture) {
         assert!(ttl > LIFETIME - 10 && ttl <= LIFETIME, "{key}: {ttl}");
     }
     assert_eq!(
-        fx.query::<Option<String>>(::redis::cmd("GET").arg(&handle_key)),
+        fx.on_redis::<Option<String>>(::redis::cmd("GET").arg(&handle_key)),
         Some("nina".to_owned())
     );
     // Let the index run short and the record be due for a touch (last touched 10 s ago).
     for key in [&members, &facts, &handle_key] {
-        let _: i64 = fx.query(::redis::cmd("EXPIRE").arg(key).arg(5));
+        let _: i64 = fx.on_redis(::redis::cmd("EXPIRE").arg(key).arg(5));
     }
-    let _: i64 = fx.query(
+    let _: i64 = fx.on_redis(
         ::redis::cmd("ZADD")
             .arg(&members)
             .arg("XX")
@@ -587,7 +531,7 @@ async fn the_index_expires_and_is_refreshed_before_each_touch(fx: &Fixture) {
     );
     let now = sessiongate::session::unix_now();
     let old = SessionKeys::derive(&id).seal_touched(&record("nina"), now - 10);
-    let _: () = fx.query(
+    let _: () = fx.on_redis(
         ::redis::cmd("SET")
             .arg(record_key(&id))
             .arg(old)
@@ -605,7 +549,7 @@ async fn the_index_expires_and_is_refreshed_before_each_touch(fx: &Fixture) {
     assert!(fx.score("nina", &id).unwrap() >= (now - 1) as f64);
     assert!(fx.ttl(&record_key(&id)) > 5, "the record was touched");
     // A write refreshes too.
-    let _: i64 = fx.query(::redis::cmd("EXPIRE").arg(&members).arg(5));
+    let _: i64 = fx.on_redis(::redis::cmd("EXPIRE").arg(&members).arg(5));
     let cur = fx.store.load(&id, LONG).await.unwrap().unwrap();
     let mut next = cur.clone();
     next.data = format!(r#"{{"{FIELD}":"nina","n":2}}"#).into();
@@ -633,17 +577,17 @@ async fn members_whose_record_is_gone_are_pruned(fx: &Fixture) {
     assert_eq!(joined, Joined::Member { evicted: vec![] });
     let kept = fx.session("olga", 2).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while fx.query::<i64>(::redis::cmd("EXISTS").arg(record_key(&short))) == 1 {
+    while fx.on_redis::<i64>(::redis::cmd("EXISTS").arg(record_key(&short))) == 1 {
         assert!(tokio::time::Instant::now() < deadline, "never expired");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(fx.handles("olga").await, vec![Handle::of(&kept)]);
     assert_eq!(fx.score("olga", &short), None, "pruned from the index");
     let (members, facts) = index_keys("olga");
-    assert_eq!(fx.query::<i64>(::redis::cmd("ZCARD").arg(&members)), 1);
-    assert_eq!(fx.query::<i64>(::redis::cmd("HLEN").arg(&facts)), 1);
+    assert_eq!(fx.on_redis::<i64>(::redis::cmd("ZCARD").arg(&members)), 1);
+    assert_eq!(fx.on_redis::<i64>(::redis::cmd("HLEN").arg(&facts)), 1);
     // Not seen for longer than the index lifetime: the next join drops it.
-    let _: i64 = fx.query(
+    let _: i64 = fx.on_redis(
         ::redis::cmd("ZADD")
             .arg(&members)
             .arg("XX")
@@ -652,7 +596,7 @@ async fn members_whose_record_is_gone_are_pruned(fx: &Fixture) {
     );
     let newer = fx.session("olga", 3).await;
     assert_eq!(fx.score("olga", &kept), None);
-    assert_eq!(fx.query::<i64>(::redis::cmd("HLEN").arg(&facts)), 1);
+    assert_eq!(fx.on_redis::<i64>(::redis::cmd("HLEN").arg(&facts)), 1);
     assert_eq!(fx.handles("olga").await, vec![Handle::of(&newer)]);
 }
 
@@ -700,7 +644,7 @@ async fn revocation_empties_the_local_caches() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let mut cached = settings(server.url(), Vec::new());
+    let mut cached = redis_settings(server.url(), Vec::new());
     cached.local_cache = 100;
     let open = || RedisStore::open_indexed(&cached, NAMESPACE, FIELD, LONG).unwrap();
     let (a, b) = (open(), open());

@@ -6,6 +6,7 @@
 //! (client, responses, raw bytes), [`process`] (the built binary), [`jwt`] (the upstream
 //! token), [`redis_server`] (real `redis-server` processes, used by path),
 //! [`redis_sentinel`] (a master, a replica and Sentinels watching them, used by path),
+//! [`stores`] (a store under test on memory or real Redis, used by path),
 //! [`chromium`] (a headless browser, used by path) and [`cdp`] (a headless browser driven
 //! over the DevTools protocol, used by path).
 
@@ -18,6 +19,7 @@ pub mod jwt;
 pub mod process;
 pub mod redis_sentinel;
 pub mod redis_server;
+pub mod stores;
 pub mod upstream;
 pub mod wire;
 
