@@ -601,13 +601,40 @@ async fn the_local_cache_follows_a_failover() {
     tokio::task::spawn_blocking(move || waiting.wait_replicated())
         .await
         .unwrap();
+    // A client of the replica, to see what the promotion does to its clients.
+    let (_, replica) = master_and_replica(&group);
+    let mut probe = group
+        .nodes
+        .iter()
+        .find(|n| n.port == replica)
+        .unwrap()
+        .connection();
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["SETNAME", "probe"])
+        .query(&mut probe)
+        .unwrap();
 
     let failing_over = group.clone();
     let new = tokio::task::spawn_blocking(move || failing_over.failover())
         .await
         .unwrap();
+    assert_eq!(new, replica);
     until_ready_on(&a.gate, new).await;
     until_ready_on(&b.gate, new).await;
+    // Sentinel cut the promoted replica's clients (the README says so): the probe,
+    // still open on this side, is gone.
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(
+            &mut group
+                .nodes
+                .iter()
+                .find(|n| n.port == new)
+                .unwrap()
+                .connection(),
+        )
+        .unwrap();
+    assert!(!list.contains(" name=probe "), "{list}");
     // B emptied its cache: its tracking connections were cut, or it saw the new master.
     until("B to empty its cache over the failover", || async {
         b.counter(FLUSHES).await >= 1
