@@ -92,6 +92,28 @@ fn check_prints_the_sentinels_masked_and_the_master_name() {
 }
 
 #[test]
+fn check_accepts_the_local_cache_with_sentinel_and_prints_it() {
+    let cfg = write(
+        "sentinel-cache.toml",
+        "[server]\nupstream = \"http://127.0.0.1:3000\"\n[store]\nkind = \"redis\"\n\
+         sentinel = [\"redis://10.0.0.1:26379\"]\nlocal_cache = 2000\n",
+    );
+    let out = bin()
+        .args(["check", "-c"])
+        .arg(&cfg)
+        .env("SESSION_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("sentinel_master = mymaster\n"), "{text}");
+    assert!(
+        text.contains("local_cache = 2000 sessions, kept exact by client tracking\n"),
+        "{text}"
+    );
+}
+
+#[test]
 fn check_prints_the_redis_read_path_settings() {
     let cfg = write(
         "redis-reads.toml",

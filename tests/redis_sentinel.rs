@@ -1,6 +1,9 @@
 //! The proxy on Redis Sentinel (SPEC §15): it asks the Sentinels for the master, follows a
 //! failover without a restart, names the master in use in `/readyz`, and never loses a
-//! write it acknowledged, even while a client keeps writing through the failover.
+//! write it acknowledged, even while a client keeps writing through the failover. With
+//! `store.local_cache`, two proxies never serve from their caches what the other wrote,
+//! before and after a failover, with a tracking connection cut, and with a replica
+//! promoted behind the Sentinels' back.
 //!
 //! Each test starts its own master, replica and three Sentinels (see
 //! `support::redis_sentinel`); without the programs on `PATH` the tests print
@@ -15,6 +18,7 @@ use std::time::Duration;
 use http::Method;
 use sessiongate::server::{self, StartError};
 use support::redis_sentinel::SentinelGroup;
+use support::redis_server::RedisServer;
 use support::*;
 
 /// The store timeout: a write waits up to half of it for a replica, long enough for a
@@ -356,4 +360,419 @@ async fn a_killed_master_is_replaced_and_writes_resume_once_a_replica_confirms_t
         );
     }
     gate.join().await;
+}
+
+// The local cache on Sentinel (SPEC §15): every proxy tracks the master and its replicas,
+// follows a failover, and never serves a session another proxy wrote.
+
+const HITS: &str = "sessiongate_local_cache_lookups_total{result=\"hit\"}";
+const FLUSHES: &str = "sessiongate_local_cache_flushes_total";
+
+/// A proxy with `local_cache` on the group's Sentinels, with its own app, so that
+/// `app.last()` is that proxy's last request.
+struct Proxy {
+    app: Upstream,
+    gate: Gate,
+}
+
+impl Proxy {
+    async fn start(group: &SentinelGroup) -> Self {
+        let app = app().await;
+        let store = format!(
+            "{}local_cache = 100\n",
+            store_toml(&group.urls(), "mymaster")
+        );
+        let gate = gate(app.addr)
+            .server("admin_listen = \"127.0.0.1:0\"")
+            .toml(&store)
+            .run()
+            .await;
+        Self { app, gate }
+    }
+
+    async fn login(&self) -> String {
+        let res = self.gate.get("/login").await;
+        assert_eq!(res.status, 200);
+        res.session_cookie()
+    }
+
+    /// `GET /me` with `cookie`: true when the upstream got the session.
+    async fn served(&self, cookie: &str) -> bool {
+        let res = self.gate.get_with("/me", &[("cookie", cookie)]).await;
+        assert_eq!(res.status, 200);
+        self.app.last().header("x-session").is_some()
+    }
+
+    /// The session data the upstream got on `GET /me` with `cookie`.
+    async fn data(&self, cookie: &str) -> Option<serde_json::Value> {
+        let res = self.gate.get_with("/me", &[("cookie", cookie)]).await;
+        assert_eq!(res.status, 200);
+        seen_data(&self.app)
+    }
+
+    async fn send(&self, path: &str, cookie: &str, body: &str) -> u16 {
+        self.gate
+            .send(Method::POST, path, &[("cookie", cookie)], body)
+            .await
+            .status
+    }
+
+    /// The counter `name` (with its labels) in `/metrics`; 0 when absent.
+    async fn counter(&self, name: &str) -> u64 {
+        let (_, text) = self.gate.admin_get("/metrics").await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// Polls `check` (async) until it holds, with a 60 s deadline (a failover, then the old
+/// master's resync, come first in some tests).
+async fn until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `proxy`'s local cache serves (its tracking is up) and holds `cookie`'s session.
+async fn until_cached(proxy: &Proxy, cookie: &str) {
+    until("the session to be served from the local cache", || async {
+        let before = proxy.counter(HITS).await;
+        assert!(proxy.served(cookie).await);
+        proxy.counter(HITS).await > before
+    })
+    .await;
+}
+
+/// `CLIENT LIST` of the group's server on `port`: the ids of the tracking connections.
+fn tracking_ids(group: &SentinelGroup, port: u16) -> Vec<String> {
+    tracking_ids_on(group.nodes.iter().find(|n| n.port == port).unwrap())
+}
+
+fn tracking_ids_on(node: &RedisServer) -> Vec<String> {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut node.connection())
+        .unwrap();
+    list.lines()
+        .filter(|l| l.contains(" name=sessiongate-tracking "))
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The ports of the master the Sentinels name and of its replica.
+fn master_and_replica(group: &SentinelGroup) -> (u16, u16) {
+    let master = group.master_port();
+    let replica = group.nodes.iter().find(|n| n.port != master).unwrap().port;
+    (master, replica)
+}
+
+/// The one session key on the server on `port`.
+fn session_key(group: &SentinelGroup, port: u16) -> String {
+    let node = group.nodes.iter().find(|n| n.port == port).unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query(&mut node.connection())
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    keys[0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_reports_the_writes_it_replicates_to_its_tracking_clients() {
+    // What tracking the replicas rests on, checked on the real server rather than assumed.
+    trace_init();
+    let Some(group) = SentinelGroup::start() else {
+        return;
+    };
+    let (master, replica) = master_and_replica(&group);
+    let (tx, mut pushes) = tokio::sync::mpsc::unbounded_channel();
+    let config = redis::AsyncConnectionConfig::new().set_push_sender(tx);
+    let client =
+        redis::Client::open(format!("redis://127.0.0.1:{replica}/?protocol=resp3")).unwrap();
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap();
+    redis::cmd("CLIENT")
+        .arg(&["TRACKING", "ON", "BCAST", "PREFIX", "t:"])
+        .exec_async(&mut conn)
+        .await
+        .unwrap();
+    let mut on_master = group
+        .nodes
+        .iter()
+        .find(|n| n.port == master)
+        .unwrap()
+        .connection();
+    let _: () = redis::cmd("SET")
+        .arg("t:k")
+        .arg("v")
+        .query(&mut on_master)
+        .unwrap();
+    let push = tokio::time::timeout(Duration::from_secs(10), pushes.recv())
+        .await
+        .expect("the replica sent an invalidation within 10 s")
+        .unwrap();
+    assert_eq!(push.kind, redis::PushKind::Invalidate);
+    assert_eq!(
+        push.data,
+        vec![redis::Value::Array(vec![redis::Value::BulkString(
+            b"t:k".to_vec()
+        )])]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_proxies_on_sentinel_never_serve_what_the_other_wrote() {
+    trace_init();
+    let Some(group) = SentinelGroup::start() else {
+        return;
+    };
+    group.wait_replica_listed();
+    let (master, replica) = master_and_replica(&group);
+    let a = Proxy::start(&group).await;
+    let b = Proxy::start(&group).await;
+    let cookie = a.login().await;
+    until_cached(&a, &cookie).await;
+    until_cached(&b, &cookie).await;
+    // Each proxy tracks the master and the replica.
+    assert_eq!(tracking_ids(&group, master).len(), 2);
+    assert_eq!(tracking_ids(&group, replica).len(), 2);
+
+    // An update through A: B's next request, started after A's answer, sees it.
+    assert_eq!(a.send("/update", &cookie, r#"{"cart":[1]}"#).await, 200);
+    assert_eq!(
+        b.data(&cookie).await.map(|d| d["cart"].clone()),
+        Some(serde_json::json!([1]))
+    );
+    until_cached(&b, &cookie).await;
+
+    // A destroys it: B does not serve it again, from its first request on.
+    assert_eq!(a.send("/logout", &cookie, "").await, 200);
+    for _ in 0..20 {
+        assert!(!b.served(&cookie).await, "B served a destroyed session");
+    }
+    assert_eq!(
+        b.counter(FLUSHES).await,
+        0,
+        "tracking dropped during the test"
+    );
+
+    // A replica added later is tracked too, once the Sentinels list it: B starts
+    // tracking afresh.
+    let added = RedisServer::start_replica_of(master).unwrap();
+    until("both proxies to track the added replica", || async {
+        tracking_ids_on(&added).len() == 2
+    })
+    .await;
+    assert!(b.counter(FLUSHES).await >= 1);
+    a.gate.join().await;
+    b.gate.join().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_cache_follows_a_failover() {
+    trace_init();
+    let Some(group) = SentinelGroup::start() else {
+        return;
+    };
+    group.wait_replica_listed();
+    let group = Arc::new(group);
+    let old = group.master_port();
+    let a = Proxy::start(&group).await;
+    let b = Proxy::start(&group).await;
+    let destroyed = a.login().await;
+    let updated = a.login().await;
+    until_cached(&a, &updated).await;
+    until_cached(&b, &destroyed).await;
+    until_cached(&b, &updated).await;
+    let waiting = group.clone();
+    tokio::task::spawn_blocking(move || waiting.wait_replicated())
+        .await
+        .unwrap();
+    // A client of the replica, to see what the promotion does to its clients.
+    let (_, replica) = master_and_replica(&group);
+    let mut probe = group
+        .nodes
+        .iter()
+        .find(|n| n.port == replica)
+        .unwrap()
+        .connection();
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["SETNAME", "probe"])
+        .query(&mut probe)
+        .unwrap();
+
+    let failing_over = group.clone();
+    let new = tokio::task::spawn_blocking(move || failing_over.failover())
+        .await
+        .unwrap();
+    assert_eq!(new, replica);
+    until_ready_on(&a.gate, new).await;
+    until_ready_on(&b.gate, new).await;
+    // Sentinel cut the promoted replica's clients (the README says so): the probe,
+    // still open on this side, is gone.
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(
+            &mut group
+                .nodes
+                .iter()
+                .find(|n| n.port == new)
+                .unwrap()
+                .connection(),
+        )
+        .unwrap();
+    assert!(!list.contains(" name=probe "), "{list}");
+    // B emptied its cache: its tracking connections were cut, or it saw the new master.
+    until("B to empty its cache over the failover", || async {
+        b.counter(FLUSHES).await >= 1
+    })
+    .await;
+    // Writes work once the old master has come back as the new one's replica.
+    until("a write to be confirmed on the new master", || async {
+        a.gate.get("/login").await.status == 200
+    })
+    .await;
+    // Both proxies track the new master and its replica, the old master.
+    until(
+        "both proxies to track the new master and its replica",
+        || async { tracking_ids(&group, new).len() == 2 && tracking_ids(&group, old).len() == 2 },
+    )
+    .await;
+    until_cached(&b, &destroyed).await;
+    until_cached(&b, &updated).await;
+
+    // A destroys one session and updates the other on the new master: B's next
+    // requests see both.
+    assert_eq!(a.send("/logout", &destroyed, "").await, 200);
+    assert!(!b.served(&destroyed).await, "B served a destroyed session");
+    assert_eq!(a.send("/update", &updated, r#"{"after":true}"#).await, 200);
+    assert_eq!(
+        b.data(&updated).await.map(|d| d["after"].clone()),
+        Some(serde_json::json!(true))
+    );
+    a.gate.join().await;
+    b.gate.join().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_tracking_connection_empties_the_cache_and_reads_stay_exact() {
+    trace_init();
+    let Some(group) = SentinelGroup::start() else {
+        return;
+    };
+    group.wait_replica_listed();
+    let (master, replica) = master_and_replica(&group);
+    let b = Proxy::start(&group).await;
+    let cookie = b.login().await;
+    until_cached(&b, &cookie).await;
+
+    // The replica's tracking connection is cut: the cache is emptied, reads still serve
+    // the session, from Redis until tracking is back.
+    for id in tracking_ids(&group, replica) {
+        let _: () = redis::cmd("CLIENT")
+            .arg(&["KILL", "ID", id.as_str()])
+            .query(
+                &mut group
+                    .nodes
+                    .iter()
+                    .find(|n| n.port == replica)
+                    .unwrap()
+                    .connection(),
+            )
+            .unwrap();
+    }
+    until("B to empty its cache", || async {
+        b.counter(FLUSHES).await >= 1
+    })
+    .await;
+    assert!(b.served(&cookie).await);
+    until_cached(&b, &cookie).await;
+
+    // The master's tracking connection is cut and, in the same breath, the session
+    // deleted behind B's back: the deletion's invalidation goes nowhere, yet B's next
+    // request does not get the session.
+    let key = session_key(&group, master);
+    let ids = tracking_ids(&group, master);
+    assert_eq!(ids.len(), 1);
+    let mut pipe = redis::pipe();
+    pipe.cmd("CLIENT")
+        .arg(&["KILL", "ID", ids[0].as_str()])
+        .ignore();
+    pipe.cmd("DEL").arg(&key).ignore();
+    let mut on_master = group
+        .nodes
+        .iter()
+        .find(|n| n.port == master)
+        .unwrap()
+        .connection();
+    let _: () = pipe.query(&mut on_master).unwrap();
+    assert!(
+        !b.served(&cookie).await,
+        "B served a session deleted from Redis"
+    );
+    assert!(b.counter(FLUSHES).await >= 1);
+
+    // Tracking comes back by itself, and the cache serves again.
+    let cookie = b.login().await;
+    until_cached(&b, &cookie).await;
+    b.gate.join().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_a_replica_promoted_behind_the_sentinels_back_reaches_the_cache() {
+    // The window tracking the replicas closes: a replica that has just become master
+    // takes another proxy's write before this proxy asks the Sentinels again. Here the
+    // replica is promoted by hand, which (unlike Sentinel) leaves its clients connected,
+    // and the write is made on it directly.
+    trace_init();
+    let Some(group) = SentinelGroup::start() else {
+        return;
+    };
+    group.wait_replica_listed();
+    let (master, replica) = master_and_replica(&group);
+    let b = Proxy::start(&group).await;
+    let cookie = b.login().await;
+    until_cached(&b, &cookie).await;
+    let key = session_key(&group, master);
+    group.wait_replicated();
+
+    let mut on_replica = group
+        .nodes
+        .iter()
+        .find(|n| n.port == replica)
+        .unwrap()
+        .connection();
+    // Not in a transaction: the replica would refuse the write when it is queued.
+    let _: () = redis::pipe()
+        .cmd("REPLICAOF")
+        .arg(&["NO", "ONE"])
+        .ignore()
+        .cmd("DEL")
+        .arg(&key)
+        .ignore()
+        .query(&mut on_replica)
+        .unwrap();
+    // The old master still holds the session, and B still reads from it: what matters
+    // is that B's next request is not a hit.
+    let hits = b.counter(HITS).await;
+    assert!(b.served(&cookie).await);
+    assert_eq!(
+        b.counter(HITS).await,
+        hits,
+        "B served from its cache a session deleted on the promoted replica"
+    );
+    b.gate.join().await;
 }

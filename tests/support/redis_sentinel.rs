@@ -105,6 +105,20 @@ impl SentinelProcess {
         Ok(port)
     }
 
+    /// The ports of the replicas this Sentinel lists for the master and sees up.
+    fn replica_ports(&self) -> Result<Vec<u16>, String> {
+        let replicas: Vec<std::collections::HashMap<String, String>> = redis::cmd("SENTINEL")
+            .arg("replicas")
+            .arg(MASTER_NAME)
+            .query(&mut self.connection().map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+        Ok(replicas
+            .iter()
+            .filter(|r| r.get("flags").is_some_and(|f| f == "slave"))
+            .filter_map(|r| r.get("port")?.parse().ok())
+            .collect())
+    }
+
     /// `SENTINEL FAILOVER mymaster` with `redis-cli`: `Ok` once accepted, else the answer
     /// (e.g. `NOGOODSLAVE` while the replica is not known yet).
     fn failover(&self) -> Result<(), String> {
@@ -225,6 +239,32 @@ impl SentinelGroup {
             assert!(
                 Instant::now() < deadline,
                 "the replica did not catch up with the master on port {master} within {READY_DEADLINE:?}: {info}"
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Polls until every Sentinel lists the replica of the current master, up (they find
+    /// replicas by asking the master, every 10 seconds).
+    pub fn wait_replica_listed(&self) {
+        let deadline = Instant::now() + FAILOVER_DEADLINE;
+        loop {
+            let master = self.master_port();
+            let replica = self.nodes.iter().find(|n| n.port != master).map(|n| n.port);
+            let listed: Vec<Result<Vec<u16>, String>> = self
+                .sentinels
+                .iter()
+                .map(SentinelProcess::replica_ports)
+                .collect();
+            if listed.iter().all(|l| {
+                l.as_ref()
+                    .is_ok_and(|ports| replica.is_some_and(|r| ports.contains(&r)))
+            }) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sentinels did not list the replica {replica:?} within {FAILOVER_DEADLINE:?}: {listed:?}"
             );
             std::thread::sleep(POLL);
         }

@@ -48,13 +48,6 @@ impl Validator<'_> {
                 "applies to kind = \"redis\" only; the memory store needs no cache",
             ));
         }
-        if raw.local_cache > 0 && !raw.sentinel.is_empty() {
-            return Err(self.err(
-                "store.local_cache",
-                "cannot be combined with store.sentinel yet (the tracking connection does not \
-                 follow a failover); use local_cache = 0 with Sentinel",
-            ));
-        }
         if raw.local_cache > MAX_LOCAL_CACHE {
             return Err(self.err(
                 "store.local_cache",
@@ -250,16 +243,11 @@ mod tests {
             err.starts_with("proxy.toml:4:15: store.local_cache: applies to kind = \"redis\" only"),
             "{err}"
         );
-        let err = parse_str(&format!(
+        let with_sentinel = parse_str(&format!(
             "{MIN}[store]\nkind = \"redis\"\nsentinel = [\"redis://s:26379\"]\nlocal_cache = 10\n"
         ))
-        .unwrap_err();
-        assert!(
-            err.starts_with(
-                "proxy.toml:6:15: store.local_cache: cannot be combined with store.sentinel"
-            ),
-            "{err}"
-        );
+        .unwrap();
+        assert_eq!(with_sentinel.store.local_cache, 10);
         let err = parse_str(&format!(
             "{MIN}[store]\nkind = \"redis\"\nlocal_cache = 10000001\n"
         ))

@@ -223,11 +223,7 @@ pub(super) fn local_cache_for(
                         .collect::<Result<_, _>>()
                         .map_err(unavailable)?,
                 ),
-                Target::Sentinel(_) => {
-                    return Err(StoreError::Unavailable(
-                        "store.local_cache cannot be combined with store.sentinel".into(),
-                    ));
-                }
+                Target::Sentinel(sentinel) => Nodes::Sentinel(sentinel.clone()),
             };
             let tracker = Tracker {
                 nodes,

@@ -19,6 +19,33 @@
 //! checked every second, and a change (a node added, removed or moved) starts a new
 //! tracking session.
 //!
+//! # With Sentinel
+//!
+//! With `store.sentinel` the nodes are the master the Sentinels name and every replica
+//! the same Sentinel lists for it (`SENTINEL replicas`), each with a tracking connection
+//! of its own, reached with the user, password, TLS and database of that Sentinel's URL,
+//! as the store reaches the master (the store's own [`Sentinel`] is asked, in the same
+//! order). Every second the Sentinels are asked again; another master, a replica added or
+//! removed, or no Sentinel answering, starts a new tracking session (the cache is emptied
+//! and serves again only once every node is tracked).
+//!
+//! Why the replicas: a failover makes a replica the master, and the proxies do not all
+//! move to it at the same moment. A proxy that still tracks the old set already holds a
+//! connection to the new master, which reports the writes of proxies that moved first
+//! (a replica also reports the writes it replicates, so a write to the old master that a
+//! replica confirmed reaches this proxy through that replica too). Sentinel itself cuts
+//! every client of the replica it promotes, tracking connections included, in the same
+//! transaction as the promotion, so in practice the cache is emptied before the new
+//! master takes its first write; tracking the replicas does not rely on that.
+//!
+//! Why `SENTINEL replicas` rather than the master's `ROLE`: it is the set Sentinel
+//! promotes from, and right after a failover it already lists the old master (as the new
+//! master's replica) while that may still take writes from proxies that have not moved.
+//! A replica listed but down is tracked too: the session cannot start, so the cache stays
+//! off (every read goes to Redis) until it answers again or the Sentinels forget it
+//! (`SENTINEL RESET`). Skipping it would trust one Sentinel's view: "down" is each
+//! Sentinel's own judgement, and another one may promote that replica.
+//!
 //! # When the cache may serve
 //!
 //! A session is *live* once every connection has tracking on. The pushes are applied by the
@@ -47,9 +74,11 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::cache::LocalCache;
+use super::sentinel::{Members, Sentinel};
 use super::wire::{self, Wire};
 
-/// How often each tracking connection is pinged, and a cluster's nodes listed.
+/// How often each tracking connection is pinged, and a cluster's nodes (or the
+/// Sentinels' master and replicas) listed.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// Smallest and largest pause between attempts to start tracking.
 const RETRY_MIN: Duration = Duration::from_millis(50);
@@ -64,6 +93,18 @@ pub(super) enum Nodes {
     Single(Box<ConnectionInfo>),
     /// A cluster, found through these seeds.
     Cluster(Vec<ConnectionInfo>),
+    /// The master the store's Sentinels name, and its replicas.
+    Sentinel(Arc<Sentinel>),
+}
+
+/// The nodes a tracking session started with; another answer ends it.
+#[derive(PartialEq, Eq)]
+enum Topology {
+    Single,
+    /// Every node of the cluster.
+    Cluster(BTreeSet<(String, u16)>),
+    /// The master and the replicas the Sentinels list for it.
+    Sentinel(Members),
 }
 
 /// What the task needs; built when the store opens, run on first use.
@@ -90,8 +131,8 @@ impl Drop for Tracked {
 /// One set of tracking connections, alive until one of them drops.
 struct Session {
     conns: Vec<Tracked>,
-    /// The cluster's node set when it started (empty for one server).
-    topology: BTreeSet<(String, u16)>,
+    /// The nodes when it started.
+    topology: Topology,
     /// Signalled by a connection that closed.
     dropped: Arc<Notify>,
 }
@@ -143,15 +184,28 @@ impl Tracker {
     async fn start(&self, cache: &Weak<LocalCache>, number: u64) -> Result<Session, RedisError> {
         let dropped = Arc::new(Notify::new());
         let (infos, topology) = match &self.nodes {
-            Nodes::Single(info) => (vec![(**info).clone()], BTreeSet::new()),
+            Nodes::Single(info) => (vec![(**info).clone()], Topology::Single),
             Nodes::Cluster(seeds) => {
-                let topology = self.cluster_nodes(seeds).await?;
+                let nodes = self.cluster_nodes(seeds).await?;
                 let seed = &seeds[0];
-                let infos = topology
+                let infos = nodes
                     .iter()
                     .map(|(host, port)| at(seed, host.clone(), *port))
                     .collect();
-                (infos, topology)
+                (infos, Topology::Cluster(nodes))
+            }
+            Nodes::Sentinel(sentinel) => {
+                let (members, master) = sentinel.members().await?;
+                let infos = std::iter::once(master.clone())
+                    .chain(
+                        members
+                            .replicas
+                            .iter()
+                            .filter(|r| **r != members.master)
+                            .map(|(host, port)| at(&master, host.clone(), *port)),
+                    )
+                    .collect();
+                (infos, Topology::Sentinel(members))
             }
         };
         let mut conns = Vec::with_capacity(infos.len());
@@ -248,8 +302,8 @@ impl Tracker {
         }))
     }
 
-    /// Waits until a connection drops, fails a health check, or (cluster) the node set
-    /// changes; returns why.
+    /// Waits until a connection drops, fails a health check, or (cluster, Sentinel) the
+    /// node set changes; returns why.
     async fn watch(&self, cache: &Weak<LocalCache>, session: &Session) -> &'static str {
         loop {
             tokio::select! {
@@ -268,13 +322,29 @@ impl Tracker {
                     return "a tracking connection did not answer PING";
                 }
             }
-            if let (Nodes::Cluster(seeds), Some(first)) = (&self.nodes, session.conns.first()) {
-                let mut conn = first.conn.clone();
-                match tokio::time::timeout(self.timeout, slots_nodes(&mut conn, &seeds[0])).await {
-                    Ok(Ok(nodes)) if nodes == session.topology => {}
-                    Ok(Ok(_)) => return "the cluster's nodes changed",
-                    _ => return "CLUSTER SLOTS failed",
+            match (&self.nodes, session.conns.first()) {
+                (Nodes::Cluster(seeds), Some(first)) => {
+                    let mut conn = first.conn.clone();
+                    let listed = slots_nodes(&mut conn, &seeds[0]);
+                    match tokio::time::timeout(self.timeout, listed).await {
+                        Ok(Ok(nodes)) => {
+                            if session.topology != Topology::Cluster(nodes) {
+                                return "the cluster's nodes changed";
+                            }
+                        }
+                        _ => return "CLUSTER SLOTS failed",
+                    }
                 }
+                // Each question to a Sentinel is bounded by the timeout already.
+                (Nodes::Sentinel(sentinel), _) => match sentinel.members().await {
+                    Ok((members, _)) => {
+                        if session.topology != Topology::Sentinel(members) {
+                            return "the master or its replicas changed";
+                        }
+                    }
+                    Err(_) => return "no sentinel listed the master and its replicas",
+                },
+                _ => {}
             }
         }
     }

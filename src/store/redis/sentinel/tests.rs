@@ -6,7 +6,7 @@ use std::time::Duration;
 use redis::{ConnectionAddr, ErrorKind, IntoConnectionInfo, RedisError, ServerErrorKind, Value};
 
 use super::conn::{confirmed, moved, waited};
-use super::{Sentinel, describe, master_info};
+use super::{Sentinel, describe, master_info, replica_addrs};
 
 #[test]
 fn described_with_passwords_masked_and_the_master_name() {
@@ -83,4 +83,37 @@ fn readonly_and_masterdown_mean_the_master_moved() {
     assert!(moved(&masterdown));
     let wrongtype: RedisError = (ErrorKind::Server(ServerErrorKind::ResponseError), "ERR").into();
     assert!(!moved(&wrongtype));
+}
+
+#[test]
+fn replicas_are_read_from_either_protocol_and_a_strange_answer_is_an_error() {
+    let text = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+    let flat = |ip: &str, port: &str, flags: &str| {
+        Value::Array(
+            ["name", "x", "ip", ip, "port", port, "flags", flags]
+                .into_iter()
+                .map(text)
+                .collect(),
+        )
+    };
+    let resp2 = Value::Array(vec![
+        flat("10.0.0.2", "6379", "slave"),
+        flat("10.0.0.3", "6380", "s_down,slave,disconnected"),
+    ]);
+    let found = replica_addrs(&resp2).unwrap();
+    let want = [("10.0.0.2".to_owned(), 6379), ("10.0.0.3".to_owned(), 6380)];
+    assert_eq!(found, want.into_iter().collect());
+    let resp3 = Value::Array(vec![Value::Map(vec![
+        (text("ip"), text("10.0.0.4")),
+        (text("port"), text("7000")),
+    ])]);
+    assert_eq!(
+        replica_addrs(&resp3).unwrap(),
+        [("10.0.0.4".to_owned(), 7000)].into_iter().collect()
+    );
+    assert!(replica_addrs(&Value::Array(vec![])).unwrap().is_empty());
+    assert!(replica_addrs(&Value::Nil).is_err());
+    assert!(replica_addrs(&Value::Array(vec![flat("10.0.0.2", "port", "slave")])).is_err());
+    let no_port = Value::Array(vec![Value::Array(vec![text("ip"), text("10.0.0.2")])]);
+    assert!(replica_addrs(&no_port).is_err());
 }
