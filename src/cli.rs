@@ -96,8 +96,10 @@ fn serve(config: &Config, secrets: &Secrets) -> ExitCode {
                 tracing::warn!(error = %e, "cannot raise the descriptor limit (RLIMIT_NOFILE)")
             }
         }
-        // Before binding: once the proxy answers, a SIGHUP must not stop it.
+        // Before binding: once the proxy answers, no SIGHUP may stop it, and a SIGTERM or
+        // SIGINT must drain it.
         let sighup = signals::Sighup::listen();
+        let shutdown = signals::Shutdown::listen();
         for warning in warnings(config, secrets) {
             tracing::warn!("{warning}");
         }
@@ -106,7 +108,7 @@ fn serve(config: &Config, secrets: &Secrets) -> ExitCode {
             Err(e) => return fail(&e.to_string()),
         };
         tokio::spawn(sighup.serve(running.tls().cloned()));
-        signals::shutdown_signal().await;
+        shutdown.recv().await;
         tracing::info!("signal received");
         running.shutdown().await;
         tracing::info!("stopped");

@@ -63,25 +63,59 @@ impl Sighup {
     }
 }
 
-/// Completes on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGTERM and SIGINT, which stop the proxy gracefully. [`Shutdown::listen`] takes both
+/// signals over at once, so call it before binding: a SIGTERM that arrives as soon as the
+/// proxy answers (an orchestrator that changed its mind) then drains the connections
+/// instead of killing the process under them.
+#[derive(Debug)]
+pub struct Shutdown {
+    /// SIGTERM, `None` when its handler could not be installed.
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the proxy");
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+    term: Option<tokio::signal::unix::Signal>,
+    /// SIGINT, `None` when its handler could not be installed.
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Shutdown {
+    /// Replaces the default actions of SIGTERM and SIGINT, ending the process, from now on.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime.
+    pub fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let term = signal(SignalKind::terminate())
+                .inspect_err(|e| warn!(error = %e, "cannot listen for SIGTERM; it will stop the proxy at once"))
+                .ok();
+            let int = signal(SignalKind::interrupt())
+                .inspect_err(|e| warn!(error = %e, "cannot listen for SIGINT; it will stop the proxy at once"))
+                .ok();
+            Self { term, int }
         }
+        #[cfg(not(unix))]
+        Self {}
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+
+    /// Completes on the first SIGTERM or SIGINT since [`listen`](Self::listen).
+    pub async fn recv(self) {
+        #[cfg(unix)]
+        {
+            async fn next(signal: Option<tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                () = next(self.term) => {},
+                () = next(self.int) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -64,6 +64,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let listener = TcpListener::bind(&app_addr).await?;
     tokio::spawn(serve_app(listener, token_key));
 
+    let shutdown = sessiongate::signals::Shutdown::listen();
     let running = sessiongate::server::start(&config, &secrets).await?;
     let base = match config.server.tls {
         Some(_) => format!(
@@ -76,7 +77,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         "demo: app on http://{app_addr}, sessiongate on {base} — try:\n  curl -i -c jar -b jar -X POST '{url}/login?user=alice'\n  curl -i -c jar -b jar {url}/me\n  curl -i -c jar -b jar {url}/account   (or open it in a browser)",
         url = base.split(' ').next().unwrap_or_default(),
     );
-    sessiongate::signals::shutdown_signal().await;
+    shutdown.recv().await;
     running.shutdown().await;
     Ok(())
 }
