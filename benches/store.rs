@@ -154,6 +154,18 @@ fn seal(c: &mut Criterion) {
         b.iter(|| SessionKeys::derive(black_box(&id)).seal(black_box(&rec)))
     });
     c.bench_function("seal/key_hash", |b| b.iter(|| KeyHash::of(black_box(&id))));
+    // The two parts of seal/open: the keys, then the AEAD and the record.
+    c.bench_function("seal/derive", |b| {
+        b.iter(|| SessionKeys::derive(black_box(&id)))
+    });
+    let keys = SessionKeys::derive(&id);
+    c.bench_function("seal/open_derived", |b| {
+        b.iter_batched(
+            || sealed.clone(),
+            |value| keys.open(value).unwrap(),
+            criterion::BatchSize::SmallInput,
+        )
+    });
 }
 
 criterion_group!(benches, store, seal);
