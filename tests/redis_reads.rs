@@ -14,64 +14,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use http::Method;
+use support::cache_proxy::{FLUSHES, Proxy};
 use support::redis_server::{RedisCluster, RedisServer};
 use support::*;
-
-/// Each proxy has its own app, so that `app.last()` is that proxy's last request.
-struct Proxy {
-    app: Upstream,
-    gate: Gate,
-}
-
-impl Proxy {
-    async fn start(store: &str, session: &str) -> Self {
-        let app = app().await;
-        let gate = gate(app.addr)
-            .server("admin_listen = \"127.0.0.1:0\"")
-            .toml(&format!("{session}{store}"))
-            .run()
-            .await;
-        Self { app, gate }
-    }
-
-    async fn login(&self) -> String {
-        let res = self.gate.get("/login").await;
-        assert_eq!(res.status, 200);
-        res.session_cookie()
-    }
-
-    /// `GET /me` with `cookie`: true when the upstream got the session.
-    async fn served(&self, cookie: &str) -> bool {
-        let res = self.gate.get_with("/me", &[("cookie", cookie)]).await;
-        assert_eq!(res.status, 200);
-        self.app.last().header("x-session").is_some()
-    }
-
-    /// The session data the upstream got on `GET /me` with `cookie`.
-    async fn data(&self, cookie: &str) -> Option<serde_json::Value> {
-        let res = self.gate.get_with("/me", &[("cookie", cookie)]).await;
-        assert_eq!(res.status, 200);
-        self.app
-            .last()
-            .header("x-session")
-            .map(|t| verify_token(t, UPSTREAM_SECRET)["data"].clone())
-    }
-
-    async fn send(&self, path: &str, cookie: &str, body: &str) -> Res {
-        self.gate
-            .send(Method::POST, path, &[("cookie", cookie)], body)
-            .await
-    }
-
-    /// The value of the counter `name` (with its labels) in `/metrics`; 0 when absent.
-    async fn counter(&self, name: &str) -> u64 {
-        let (_, text) = self.gate.admin_get("/metrics").await;
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0)
-    }
-}
 
 fn store_toml(url: &str, extra: &str) -> String {
     format!("[store]\nkind = \"redis\"\nurl = \"{url}\"\ntimeout_ms = 1000\n{extra}")
@@ -84,9 +29,9 @@ fn cluster_toml(cluster: &RedisCluster, extra: &str) -> String {
     )
 }
 
-const HITS: &str = "sessiongate_local_cache_lookups_total{result=\"hit\"}";
-const FLUSHES: &str = "sessiongate_local_cache_flushes_total";
 const TOUCHES: &str = "sessiongate_session_touches_total";
+/// How long a condition may take.
+const WAIT: Duration = Duration::from_secs(10);
 
 /// Commands of `name` Redis has run, from `INFO commandstats`.
 fn calls(redis: &RedisServer, name: &str) -> u64 {
@@ -99,32 +44,6 @@ fn calls(redis: &RedisServer, name: &str) -> u64 {
         .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
 }
 
-/// Polls `check` (async) until it holds, with a 10 s deadline.
-async fn until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Waits until `proxy`'s local cache serves (its tracking is up) and holds `cookie`'s session.
-async fn until_cached(proxy: &Proxy, cookie: &str) {
-    until("the session to be served from the local cache", || async {
-        let before = proxy.counter(HITS).await;
-        assert!(proxy.served(cookie).await);
-        proxy.counter(HITS).await > before
-    })
-    .await;
-}
-
 #[tokio::test]
 async fn reads_do_not_write_and_a_session_in_use_stays_valid() {
     trace_init();
@@ -132,10 +51,10 @@ async fn reads_do_not_write_and_a_session_in_use_stays_valid() {
         return;
     };
     // ttl 4 s, touched at most every second: a session used at t is valid until t + 3 s.
-    let proxy = Proxy::start(
-        &store_toml(&redis.url(), "touch_interval_sec = 1\n"),
-        "[session]\nttl_sec = 4\n",
-    )
+    let proxy = Proxy::start(&format!(
+        "[session]\nttl_sec = 4\n{}",
+        store_toml(&redis.url(), "touch_interval_sec = 1\n")
+    ))
     .await;
     let cookie = proxy.login().await;
     let started = Instant::now();
@@ -166,7 +85,7 @@ async fn reads_do_not_write_and_a_session_in_use_stays_valid() {
     assert_eq!(calls(&redis, "expire"), touches);
 
     // Left alone (watched in Redis, not read through the proxy), it expires.
-    until("the unused session to expire", || async {
+    until(WAIT, "the unused session to expire", || async {
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg("*")
             .query(&mut redis.connection())
@@ -184,10 +103,10 @@ async fn the_touch_never_recreates_a_destroyed_session() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let proxy = Proxy::start(
-        &store_toml(&redis.url(), "touch_interval_sec = 1\n"),
-        "[session]\nttl_sec = 60\n",
-    )
+    let proxy = Proxy::start(&format!(
+        "[session]\nttl_sec = 60\n{}",
+        store_toml(&redis.url(), "touch_interval_sec = 1\n")
+    ))
     .await;
     for _ in 0..20 {
         let cookie = proxy.login().await;
@@ -215,27 +134,27 @@ async fn a_write_by_one_proxy_invalidates_the_others_cache() {
         return;
     };
     let store = store_toml(&redis.url(), "local_cache = 100\n");
-    let a = Proxy::start(&store, "").await;
-    let b = Proxy::start(&store, "").await;
+    let a = Proxy::start(&store).await;
+    let b = Proxy::start(&store).await;
     let cookie = a.login().await;
-    until_cached(&b, &cookie).await;
+    b.until_cached(&cookie, WAIT).await;
 
     // An update by A is what B serves next.
     assert_eq!(
         a.send("/update", &cookie, r#"{"cart":[1]}"#).await.status,
         200
     );
-    until("B to serve A's update", || async {
+    until(WAIT, "B to serve A's update", || async {
         b.data(&cookie)
             .await
             .is_some_and(|d| d["cart"] == serde_json::json!([1]))
     })
     .await;
-    until_cached(&b, &cookie).await;
+    b.until_cached(&cookie, WAIT).await;
 
     // A destroys it: B stops serving it, for good.
     assert_eq!(a.send("/logout", &cookie, "").await.status, 200);
-    until("B to stop serving the destroyed session", || async {
+    until(WAIT, "B to stop serving the destroyed session", || async {
         !b.served(&cookie).await
     })
     .await;
@@ -255,9 +174,9 @@ async fn a_dropped_tracking_connection_empties_the_cache() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let b = Proxy::start(&store_toml(&redis.url(), "local_cache = 100\n"), "").await;
+    let b = Proxy::start(&store_toml(&redis.url(), "local_cache = 100\n")).await;
     let cookie = b.login().await;
-    until_cached(&b, &cookie).await;
+    b.until_cached(&cookie, WAIT).await;
 
     // Cut the tracking connection and, before B can track again, change the session
     // behind its back: the write's invalidation goes nowhere.
@@ -287,7 +206,7 @@ async fn a_dropped_tracking_connection_empties_the_cache() {
         .ignore()
         .query(&mut conn)
         .unwrap();
-    until("B to stop serving the deleted session", || async {
+    until(WAIT, "B to stop serving the deleted session", || async {
         !b.served(&cookie).await
     })
     .await;
@@ -295,12 +214,12 @@ async fn a_dropped_tracking_connection_empties_the_cache() {
 
     // Tracking comes back by itself, and the cache serves again.
     let cookie = b.login().await;
-    until_cached(&b, &cookie).await;
+    b.until_cached(&cookie, WAIT).await;
 
     // Redis restarts empty (kill -9, no persistence): B must not serve from its cache.
     let mut redis = redis;
     redis.restart();
-    until("B to stop serving a session Redis lost", || async {
+    until(WAIT, "B to stop serving a session Redis lost", || async {
         // The first requests may get 503 while B reconnects (on_error = "fail").
         let res = b.gate.get_with("/me", &[("cookie", &cookie)]).await;
         res.status == 200 && b.app.last().header("x-session").is_none()
@@ -317,21 +236,22 @@ async fn the_local_cache_works_with_a_cluster() {
         return;
     };
     let store = cluster_toml(&cluster, "local_cache = 100\n");
-    let a = Proxy::start(&store, "").await;
-    let b = Proxy::start(&store, "").await;
+    let a = Proxy::start(&store).await;
+    let b = Proxy::start(&store).await;
     let mut cookies = Vec::new();
     // Enough sessions to land on every node.
     for _ in 0..12 {
         cookies.push(a.login().await);
     }
     for cookie in &cookies {
-        until_cached(&b, cookie).await;
+        b.until_cached(cookie, WAIT).await;
     }
     for cookie in &cookies {
         assert_eq!(a.send("/logout", cookie, "").await.status, 200);
     }
     for cookie in &cookies {
         until(
+            WAIT,
             "B to stop serving a session destroyed on the cluster",
             || async { !b.served(cookie).await },
         )
@@ -354,14 +274,14 @@ async fn staleness_window() {
         return;
     };
     let store = store_toml(&redis.url(), "local_cache = 10000\n");
-    let a = Proxy::start(&store, "").await;
-    let b = Proxy::start(&store, "").await;
+    let a = Proxy::start(&store).await;
+    let b = Proxy::start(&store).await;
     let trials = 1000;
     let mut windows = Vec::with_capacity(trials);
     let mut stale_trials = 0;
     for _ in 0..trials {
         let cookie = a.login().await;
-        until_cached(&b, &cookie).await;
+        b.until_cached(&cookie, WAIT).await;
         assert_eq!(a.send("/logout", &cookie, "").await.status, 200);
         let answered = Instant::now();
         let mut last_stale = None;

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use http::Method;
 use sessiongate::server::{self, StartError};
+use support::cache_proxy::{FLUSHES, HITS, Proxy};
 use support::redis_sentinel::SentinelGroup;
 use support::redis_server::RedisServer;
 use support::*;
@@ -365,97 +366,22 @@ async fn a_killed_master_is_replaced_and_writes_resume_once_a_replica_confirms_t
 // The local cache on Sentinel (SPEC §15): every proxy tracks the master and its replicas,
 // follows a failover, and never serves a session another proxy wrote.
 
-const HITS: &str = "sessiongate_local_cache_lookups_total{result=\"hit\"}";
-const FLUSHES: &str = "sessiongate_local_cache_flushes_total";
+/// How long a condition may take (a failover, then the old master's resync, come first in
+/// some tests).
+const WAIT: Duration = Duration::from_secs(60);
 
-/// A proxy with `local_cache` on the group's Sentinels, with its own app, so that
-/// `app.last()` is that proxy's last request.
-struct Proxy {
-    app: Upstream,
-    gate: Gate,
-}
-
-impl Proxy {
-    async fn start(group: &SentinelGroup) -> Self {
-        let app = app().await;
-        let store = format!(
-            "{}local_cache = 100\n",
-            store_toml(&group.urls(), "mymaster")
-        );
-        let gate = gate(app.addr)
-            .server("admin_listen = \"127.0.0.1:0\"")
-            .toml(&store)
-            .run()
-            .await;
-        Self { app, gate }
-    }
-
-    async fn login(&self) -> String {
-        let res = self.gate.get("/login").await;
-        assert_eq!(res.status, 200);
-        res.session_cookie()
-    }
-
-    /// `GET /me` with `cookie`: true when the upstream got the session.
-    async fn served(&self, cookie: &str) -> bool {
-        let res = self.gate.get_with("/me", &[("cookie", cookie)]).await;
-        assert_eq!(res.status, 200);
-        self.app.last().header("x-session").is_some()
-    }
-
-    /// The session data the upstream got on `GET /me` with `cookie`.
-    async fn data(&self, cookie: &str) -> Option<serde_json::Value> {
-        let res = self.gate.get_with("/me", &[("cookie", cookie)]).await;
-        assert_eq!(res.status, 200);
-        seen_data(&self.app)
-    }
-
-    async fn send(&self, path: &str, cookie: &str, body: &str) -> u16 {
-        self.gate
-            .send(Method::POST, path, &[("cookie", cookie)], body)
-            .await
-            .status
-    }
-
-    /// The counter `name` (with its labels) in `/metrics`; 0 when absent.
-    async fn counter(&self, name: &str) -> u64 {
-        let (_, text) = self.gate.admin_get("/metrics").await;
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-/// Polls `check` (async) until it holds, with a 60 s deadline (a failover, then the old
-/// master's resync, come first in some tests).
-async fn until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Waits until `proxy`'s local cache serves (its tracking is up) and holds `cookie`'s session.
-async fn until_cached(proxy: &Proxy, cookie: &str) {
-    until("the session to be served from the local cache", || async {
-        let before = proxy.counter(HITS).await;
-        assert!(proxy.served(cookie).await);
-        proxy.counter(HITS).await > before
-    })
-    .await;
+/// A proxy with `local_cache` on the group's Sentinels.
+async fn cache_proxy(group: &SentinelGroup) -> Proxy {
+    Proxy::start(&format!(
+        "{}local_cache = 100\n",
+        store_toml(&group.urls(), "mymaster")
+    ))
+    .await
 }
 
 /// `CLIENT LIST` of the group's server on `port`: the ids of the tracking connections.
 fn tracking_ids(group: &SentinelGroup, port: u16) -> Vec<String> {
-    tracking_ids_on(group.nodes.iter().find(|n| n.port == port).unwrap())
+    tracking_ids_on(group.node(port))
 }
 
 fn tracking_ids_on(node: &RedisServer) -> Vec<String> {
@@ -479,7 +405,7 @@ fn master_and_replica(group: &SentinelGroup) -> (u16, u16) {
 
 /// The one session key on the server on `port`.
 fn session_key(group: &SentinelGroup, port: u16) -> String {
-    let node = group.nodes.iter().find(|n| n.port == port).unwrap();
+    let node = group.node(port);
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg("*")
         .query(&mut node.connection())
@@ -509,12 +435,7 @@ async fn a_replica_reports_the_writes_it_replicates_to_its_tracking_clients() {
         .exec_async(&mut conn)
         .await
         .unwrap();
-    let mut on_master = group
-        .nodes
-        .iter()
-        .find(|n| n.port == master)
-        .unwrap()
-        .connection();
+    let mut on_master = group.node(master).connection();
     let _: () = redis::cmd("SET")
         .arg("t:k")
         .arg("v")
@@ -541,25 +462,28 @@ async fn two_proxies_on_sentinel_never_serve_what_the_other_wrote() {
     };
     group.wait_replica_listed();
     let (master, replica) = master_and_replica(&group);
-    let a = Proxy::start(&group).await;
-    let b = Proxy::start(&group).await;
+    let a = cache_proxy(&group).await;
+    let b = cache_proxy(&group).await;
     let cookie = a.login().await;
-    until_cached(&a, &cookie).await;
-    until_cached(&b, &cookie).await;
+    a.until_cached(&cookie, WAIT).await;
+    b.until_cached(&cookie, WAIT).await;
     // Each proxy tracks the master and the replica.
     assert_eq!(tracking_ids(&group, master).len(), 2);
     assert_eq!(tracking_ids(&group, replica).len(), 2);
 
     // An update through A: B's next request, started after A's answer, sees it.
-    assert_eq!(a.send("/update", &cookie, r#"{"cart":[1]}"#).await, 200);
+    assert_eq!(
+        a.send("/update", &cookie, r#"{"cart":[1]}"#).await.status,
+        200
+    );
     assert_eq!(
         b.data(&cookie).await.map(|d| d["cart"].clone()),
         Some(serde_json::json!([1]))
     );
-    until_cached(&b, &cookie).await;
+    b.until_cached(&cookie, WAIT).await;
 
     // A destroys it: B does not serve it again, from its first request on.
-    assert_eq!(a.send("/logout", &cookie, "").await, 200);
+    assert_eq!(a.send("/logout", &cookie, "").await.status, 200);
     for _ in 0..20 {
         assert!(!b.served(&cookie).await, "B served a destroyed session");
     }
@@ -572,7 +496,7 @@ async fn two_proxies_on_sentinel_never_serve_what_the_other_wrote() {
     // A replica added later is tracked too, once the Sentinels list it: B starts
     // tracking afresh.
     let added = RedisServer::start_replica_of(master).unwrap();
-    until("both proxies to track the added replica", || async {
+    until(WAIT, "both proxies to track the added replica", || async {
         tracking_ids_on(&added).len() == 2
     })
     .await;
@@ -590,25 +514,20 @@ async fn the_local_cache_follows_a_failover() {
     group.wait_replica_listed();
     let group = Arc::new(group);
     let old = group.master_port();
-    let a = Proxy::start(&group).await;
-    let b = Proxy::start(&group).await;
+    let a = cache_proxy(&group).await;
+    let b = cache_proxy(&group).await;
     let destroyed = a.login().await;
     let updated = a.login().await;
-    until_cached(&a, &updated).await;
-    until_cached(&b, &destroyed).await;
-    until_cached(&b, &updated).await;
+    a.until_cached(&updated, WAIT).await;
+    b.until_cached(&destroyed, WAIT).await;
+    b.until_cached(&updated, WAIT).await;
     let waiting = group.clone();
     tokio::task::spawn_blocking(move || waiting.wait_replicated())
         .await
         .unwrap();
     // A client of the replica, to see what the promotion does to its clients.
     let (_, replica) = master_and_replica(&group);
-    let mut probe = group
-        .nodes
-        .iter()
-        .find(|n| n.port == replica)
-        .unwrap()
-        .connection();
+    let mut probe = group.node(replica).connection();
     let _: () = redis::cmd("CLIENT")
         .arg(&["SETNAME", "probe"])
         .query(&mut probe)
@@ -625,40 +544,41 @@ async fn the_local_cache_follows_a_failover() {
     // still open on this side, is gone.
     let list: String = redis::cmd("CLIENT")
         .arg("LIST")
-        .query(
-            &mut group
-                .nodes
-                .iter()
-                .find(|n| n.port == new)
-                .unwrap()
-                .connection(),
-        )
+        .query(&mut group.node(new).connection())
         .unwrap();
     assert!(!list.contains(" name=probe "), "{list}");
     // B emptied its cache: its tracking connections were cut, or it saw the new master.
-    until("B to empty its cache over the failover", || async {
+    until(WAIT, "B to empty its cache over the failover", || async {
         b.counter(FLUSHES).await >= 1
     })
     .await;
     // Writes work once the old master has come back as the new one's replica.
-    until("a write to be confirmed on the new master", || async {
-        a.gate.get("/login").await.status == 200
-    })
+    until(
+        WAIT,
+        "a write to be confirmed on the new master",
+        || async { a.gate.get("/login").await.status == 200 },
+    )
     .await;
     // Both proxies track the new master and its replica, the old master.
     until(
+        WAIT,
         "both proxies to track the new master and its replica",
         || async { tracking_ids(&group, new).len() == 2 && tracking_ids(&group, old).len() == 2 },
     )
     .await;
-    until_cached(&b, &destroyed).await;
-    until_cached(&b, &updated).await;
+    b.until_cached(&destroyed, WAIT).await;
+    b.until_cached(&updated, WAIT).await;
 
     // A destroys one session and updates the other on the new master: B's next
     // requests see both.
-    assert_eq!(a.send("/logout", &destroyed, "").await, 200);
+    assert_eq!(a.send("/logout", &destroyed, "").await.status, 200);
     assert!(!b.served(&destroyed).await, "B served a destroyed session");
-    assert_eq!(a.send("/update", &updated, r#"{"after":true}"#).await, 200);
+    assert_eq!(
+        a.send("/update", &updated, r#"{"after":true}"#)
+            .await
+            .status,
+        200
+    );
     assert_eq!(
         b.data(&updated).await.map(|d| d["after"].clone()),
         Some(serde_json::json!(true))
@@ -675,31 +595,24 @@ async fn a_killed_tracking_connection_empties_the_cache_and_reads_stay_exact() {
     };
     group.wait_replica_listed();
     let (master, replica) = master_and_replica(&group);
-    let b = Proxy::start(&group).await;
+    let b = cache_proxy(&group).await;
     let cookie = b.login().await;
-    until_cached(&b, &cookie).await;
+    b.until_cached(&cookie, WAIT).await;
 
     // The replica's tracking connection is cut: the cache is emptied, reads still serve
     // the session, from Redis until tracking is back.
     for id in tracking_ids(&group, replica) {
         let _: () = redis::cmd("CLIENT")
             .arg(&["KILL", "ID", id.as_str()])
-            .query(
-                &mut group
-                    .nodes
-                    .iter()
-                    .find(|n| n.port == replica)
-                    .unwrap()
-                    .connection(),
-            )
+            .query(&mut group.node(replica).connection())
             .unwrap();
     }
-    until("B to empty its cache", || async {
+    until(WAIT, "B to empty its cache", || async {
         b.counter(FLUSHES).await >= 1
     })
     .await;
     assert!(b.served(&cookie).await);
-    until_cached(&b, &cookie).await;
+    b.until_cached(&cookie, WAIT).await;
 
     // The master's tracking connection is cut and, in the same breath, the session
     // deleted behind B's back: the deletion's invalidation goes nowhere, yet B's next
@@ -712,12 +625,7 @@ async fn a_killed_tracking_connection_empties_the_cache_and_reads_stay_exact() {
         .arg(&["KILL", "ID", ids[0].as_str()])
         .ignore();
     pipe.cmd("DEL").arg(&key).ignore();
-    let mut on_master = group
-        .nodes
-        .iter()
-        .find(|n| n.port == master)
-        .unwrap()
-        .connection();
+    let mut on_master = group.node(master).connection();
     let _: () = pipe.query(&mut on_master).unwrap();
     assert!(
         !b.served(&cookie).await,
@@ -727,7 +635,7 @@ async fn a_killed_tracking_connection_empties_the_cache_and_reads_stay_exact() {
 
     // Tracking comes back by itself, and the cache serves again.
     let cookie = b.login().await;
-    until_cached(&b, &cookie).await;
+    b.until_cached(&cookie, WAIT).await;
     b.gate.join().await;
 }
 
@@ -743,18 +651,13 @@ async fn a_write_on_a_replica_promoted_behind_the_sentinels_back_reaches_the_cac
     };
     group.wait_replica_listed();
     let (master, replica) = master_and_replica(&group);
-    let b = Proxy::start(&group).await;
+    let b = cache_proxy(&group).await;
     let cookie = b.login().await;
-    until_cached(&b, &cookie).await;
+    b.until_cached(&cookie, WAIT).await;
     let key = session_key(&group, master);
     group.wait_replicated();
 
-    let mut on_replica = group
-        .nodes
-        .iter()
-        .find(|n| n.port == replica)
-        .unwrap()
-        .connection();
+    let mut on_replica = group.node(replica).connection();
     // Not in a transaction: the replica would refuse the write when it is queued.
     let _: () = redis::pipe()
         .cmd("REPLICAOF")

@@ -7,11 +7,13 @@
 //! token), [`redis_server`] (real `redis-server` processes, used by path),
 //! [`redis_sentinel`] (a master, a replica and Sentinels watching them, used by path),
 //! [`stores`] (a store under test on memory or real Redis, used by path),
+//! [`cache_proxy`] (a proxy whose local cache is watched from outside, used by path),
 //! [`chromium`] (a headless browser, used by path) and [`cdp`] (a headless browser driven
 //! over the DevTools protocol, used by path).
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod cache_proxy;
 pub mod cdp;
 pub mod chromium;
 pub mod gate;
@@ -49,5 +51,21 @@ pub async fn eventually(mut cond: impl FnMut() -> bool, what: &str) {
             "timed out waiting for: {what}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Polls `check` (async) until it holds, failing the test with `what` after `within`.
+pub async fn until<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

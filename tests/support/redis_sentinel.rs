@@ -198,11 +198,12 @@ impl SentinelGroup {
             .expect("the sentinel answers")
     }
 
-    fn node(&self, port: u16) -> &RedisServer {
+    /// The group's node on `port`.
+    pub fn node(&self, port: u16) -> &RedisServer {
         self.nodes
             .iter()
             .find(|n| n.port == port)
-            .expect("the master is one of the group's nodes")
+            .expect("the port is one of the group's nodes")
     }
 
     /// `INFO replication` of the server on `port`, as `field:value` lines.
