@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -13,6 +12,7 @@ use prometheus_client::registry::Registry;
 
 use crate::telemetry::Outcome;
 
+mod labels;
 mod redis_reads;
 // Threads and runtimes: connections accepted per runtime.
 mod runtimes;
@@ -22,6 +22,11 @@ pub use self::redis_reads::{
     RedisReadMetrics, SESSION_TOUCHES,
 };
 pub use self::runtimes::RUNTIME_ACCEPTED;
+
+use self::labels::{
+    ByLookup, ByOp, KindLabel, LookupLabel, OpLabel, ReasonLabel, StatusLabel, UpstreamLabel,
+};
+pub use self::labels::{DestroyReason, LookupResult, StoreOp, UpstreamFailure};
 
 /// `sessiongate_requests_total{status}`.
 pub const REQUESTS: &str = "sessiongate_requests";
@@ -48,106 +53,6 @@ pub const CSRF_REPORTED: &str = "sessiongate_csrf_reported";
 // --- Scale and limits ---
 /// Gauge: open client connections (`server.max_connections` is their ceiling).
 pub const CLIENT_CONNECTIONS: &str = "sessiongate_client_connections";
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StatusLabel {
-    status: u16,
-}
-
-/// The result of looking a session up.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum LookupResult {
-    /// Active session found.
-    hit,
-    /// Verified cookie, session gone.
-    miss,
-    /// Cookie failed format or signature checks (no store access).
-    invalid,
-    /// The store could not answer.
-    error,
-}
-
-/// Why a session ended, for `sessiongate_sessions_destroyed_total{reason}` (SPEC §13).
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum DestroyReason {
-    /// The upstream's `X-Session-Destroy` for the current session.
-    logout,
-    /// `X-Session-Destroy: all`, `others`, `handle:`, or the admin API.
-    revoke,
-    /// Past `session.max_per_user`.
-    limit,
-    /// Idle or absolute expiry, when the proxy sees it (the memory store; `absolute_ttl_sec`).
-    expired,
-    /// Past the memory store's `store.max_sessions`.
-    evicted,
-}
-
-impl DestroyReason {
-    const ALL: [Self; 5] = [
-        Self::logout,
-        Self::revoke,
-        Self::limit,
-        Self::expired,
-        Self::evicted,
-    ];
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabel {
-    reason: DestroyReason,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct LookupLabel {
-    result: LookupResult,
-}
-
-/// A store operation, for `sessiongate_store_seconds{op}`.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum StoreOp {
-    /// Read and slide.
-    load,
-    /// Create if absent.
-    create,
-    /// Compare-and-set.
-    replace,
-    /// Delete.
-    delete,
-    /// The per-user index: join, leave, revoke (SPEC §13).
-    index,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OpLabel {
-    op: StoreOp,
-}
-
-/// Why the upstream exchange failed.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum UpstreamFailure {
-    /// Could not connect or the exchange broke.
-    unreachable,
-    /// No response headers in time.
-    timeout,
-    /// Invalid session directive.
-    bad_directive,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindLabel {
-    kind: UpstreamFailure,
-    /// The upstream's `scheme://host:port`, from the config (SPEC §11: one per route).
-    upstream: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct UpstreamLabel {
-    upstream: String,
-}
 
 /// The metrics of one upstream, looked up once when the proxy is built.
 #[derive(Debug, Clone)]
@@ -381,68 +286,6 @@ impl UpstreamMetrics {
     /// The upstream answered with headers after `elapsed`.
     pub fn answered(&self, elapsed: Duration) {
         self.seconds.observe(elapsed.as_secs_f64());
-    }
-}
-
-/// One value per [`LookupResult`], reached through an exhaustive `match`: a new variant
-/// is a compile error here, never an index out of bounds at run time.
-#[derive(Debug)]
-struct ByLookup<T> {
-    hit: T,
-    miss: T,
-    invalid: T,
-    error: T,
-}
-
-impl<T> ByLookup<T> {
-    fn new(mut make: impl FnMut(LookupResult) -> T) -> Self {
-        Self {
-            hit: make(LookupResult::hit),
-            miss: make(LookupResult::miss),
-            invalid: make(LookupResult::invalid),
-            error: make(LookupResult::error),
-        }
-    }
-
-    fn get(&self, result: LookupResult) -> &T {
-        match result {
-            LookupResult::hit => &self.hit,
-            LookupResult::miss => &self.miss,
-            LookupResult::invalid => &self.invalid,
-            LookupResult::error => &self.error,
-        }
-    }
-}
-
-/// One value per [`StoreOp`], like [`ByLookup`].
-#[derive(Debug)]
-struct ByOp<T> {
-    load: T,
-    create: T,
-    replace: T,
-    delete: T,
-    index: T,
-}
-
-impl<T> ByOp<T> {
-    fn new(mut make: impl FnMut(StoreOp) -> T) -> Self {
-        Self {
-            load: make(StoreOp::load),
-            create: make(StoreOp::create),
-            replace: make(StoreOp::replace),
-            delete: make(StoreOp::delete),
-            index: make(StoreOp::index),
-        }
-    }
-
-    fn get(&self, op: StoreOp) -> &T {
-        match op {
-            StoreOp::load => &self.load,
-            StoreOp::create => &self.create,
-            StoreOp::replace => &self.replace,
-            StoreOp::delete => &self.delete,
-            StoreOp::index => &self.index,
-        }
     }
 }
 
