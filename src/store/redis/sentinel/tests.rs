@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use redis::{ConnectionAddr, ErrorKind, IntoConnectionInfo, RedisError, ServerErrorKind, Value};
 
+use super::ask::replica_addrs;
 use super::conn::{confirmed, moved, waited};
-use super::{Sentinel, describe, master_info, replica_addrs};
+use super::{Sentinel, describe, master_info};
 
 #[test]
 fn described_with_passwords_masked_and_the_master_name() {
